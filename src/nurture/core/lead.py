@@ -1,0 +1,142 @@
+"""Leads as values, and the turning of one inbound row into a lead or a row error.
+
+`normalise_row` never raises mid-batch: it returns either a `LeadRow` or a `RowError`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+GRADES: Final = ("invalid", "nurturable", "intent", "convertible", "customer")
+STAGES: Final = ("visitor", "lead", "suspect", "mql", "sql", "opportunity", "customer")
+
+# Columns stored on the lead itself; every other non-empty column is kept as a source tag.
+PROFILE_FIELDS: Final = (
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "industry",
+    "company_size",
+    "country",
+    "timezone",
+    "phone",
+    "owner",
+)
+_COLUMN_ALIASES: Final = {
+    "e-mail": "email",
+    "email_address": "email",
+    "time_zone": "timezone",
+    "tz": "timezone",
+}
+_TAG_KEY = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """What the core needs to know about a lead to decide anything."""
+
+    id: int
+    email: str
+    grade: str | None = None
+    stage: str = "lead"
+    score: int = 0
+    timezone: str | None = None
+    country: str | None = None
+    owner: str | None = None
+    suppressed: bool = False
+    tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRow:
+    """A validated inbound row: empty profile fields mean "leave unchanged"."""
+
+    email: str
+    profile: Mapping[str, str]
+    grade: str | None
+    stage: str | None
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    row: int
+    email: str
+    reason: str
+
+
+def normalise_email(raw: str) -> str:
+    """Return the canonical form of an address (lower-case, IDNA domain) or raise ValueError."""
+    try:
+        checked = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+    return checked.normalized.lower()
+
+
+def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow | RowError:
+    """Validate one inbound row (CSV or API) and split it into profile fields and source tags."""
+    cleaned = {_column_key(k): _clean(v) for k, v in row.items() if k is not None}
+    raw_email = cleaned.pop("email", "")
+    try:
+        email = normalise_email(raw_email)
+    except ValueError as exc:
+        return RowError(row_number, raw_email, f"email: {exc}" if raw_email else "email: missing")
+    grade = cleaned.pop("grade", "").lower() or None
+    stage = cleaned.pop("stage", "").lower() or None
+    problem = _check_values(grade, stage, cleaned)
+    if problem:
+        return RowError(row_number, email, problem)
+    profile = {k: cleaned.pop(k) for k in PROFILE_FIELDS if cleaned.get(k)}
+    if "owner" in profile:
+        try:
+            profile["owner"] = normalise_email(profile["owner"])
+        except ValueError as exc:
+            return RowError(row_number, email, f"owner: {exc}")
+    bad_tags = sorted(k for k in cleaned if not _TAG_KEY.match(k))
+    if bad_tags:
+        return RowError(row_number, email, f"column name not usable as a tag: {bad_tags[0]!r}")
+    tags = {k: v for k, v in cleaned.items() if v and k not in PROFILE_FIELDS}
+    return LeadRow(email=email, profile=profile, grade=grade, stage=stage, tags=tags)
+
+
+def _check_values(grade: str | None, stage: str | None, cleaned: Mapping[str, str]) -> str | None:
+    if grade is not None and grade not in GRADES:
+        return f"grade: {grade!r} is not one of {', '.join(GRADES)}"
+    if stage is not None and stage not in STAGES:
+        return f"stage: {stage!r} is not one of {', '.join(STAGES)}"
+    zone = cleaned.get("timezone")
+    if zone and not is_time_zone(zone):
+        return f"timezone: {zone!r} is not an IANA time zone"
+    return None
+
+
+def is_time_zone(name: str) -> bool:
+    """True when `name` is a known IANA zone such as `Asia/Taipei`."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _column_key(name: str) -> str:
+    key = name.strip().lower().replace(" ", "_")
+    return _COLUMN_ALIASES.get(key, key)
+
+
+def _clean(value: str | None) -> str:
+    """Trim and drop control characters (CR, LF, NUL, Unicode separators) from a field."""
+    if value is None:
+        return ""
+    text = unicodedata.normalize("NFC", value)
+    return "".join(" " if unicodedata.category(ch)[0] in "CZ" and ch != " " else ch for ch in text).strip()

@@ -1,0 +1,214 @@
+"""Database tables (SQLAlchemy 2 typed ORM). Plain data: no behaviour lives here.
+
+Every instant is stored as UTC; `UTCDateTime` gives SQLite the same aware datetimes PostgreSQL returns.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BigInteger ids on PostgreSQL, but INTEGER on SQLite so that they stay rowid aliases (autoincrement).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDict = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, _dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JsonDict}
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    company: Mapped[str | None] = mapped_column(String(300))
+    title: Mapped[str | None] = mapped_column(String(300))
+    industry: Mapped[str | None] = mapped_column(String(200))
+    company_size: Mapped[str | None] = mapped_column(String(50))
+    country: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(320))
+    grade: Mapped[str | None] = mapped_column(String(20))
+    stage: Mapped[str] = mapped_column(String(20), default="lead", server_default="lead")
+    score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    suppressed_reason: Mapped[str | None] = mapped_column(String(200))
+    # Set when the lead changed (or the catalog did) and may now fit a campaign: the tick only looks at
+    # these, so enrolling costs O(changed leads), not O(all leads).
+    enroll_pending: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(
+            "ix_leads_enroll_pending",
+            "id",
+            postgresql_where=text("enroll_pending"),
+            sqlite_where=text("enroll_pending"),
+        ),
+    )
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    campaign_id: Mapped[str] = mapped_column(String(100))
+    campaign_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="active")  # active | completed | exited
+    exit_reason: Mapped[str | None] = mapped_column(String(200))
+    enrolled_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # A lead takes a campaign once, ever; and is in at most one campaign at a time.
+        UniqueConstraint("lead_id", "campaign_id", name="uq_enrollments_lead_campaign"),
+        Index(
+            "uq_enrollments_one_active",
+            "lead_id",
+            unique=True,
+            postgresql_where=text("state = 'active'"),
+            sqlite_where=text("state = 'active'"),
+        ),
+    )
+
+
+class Delivery(Base):
+    """One planned email: a step of an enrollment. Its status is the send state machine:
+
+    pending -> claimed -> sending -> sent | failed | unknown, or -> skipped | cancelled.
+    A transient failure puts it back to pending with a later due_at.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    campaign_id: Mapped[str] = mapped_column(String(100))
+    step_id: Mapped[str] = mapped_column(String(100))
+    step_index: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    claimed_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id", name="uq_deliveries_enrollment_step"),
+        # Only open work is indexed, so finding due rows costs O(due rows), not O(all deliveries).
+        Index(
+            "ix_deliveries_open_due",
+            "due_at",
+            postgresql_where=text("status IN ('pending', 'claimed')"),
+            sqlite_where=text("status IN ('pending', 'claimed')"),
+        ),
+        Index(
+            "ix_deliveries_sending",
+            "sending_at",
+            postgresql_where=text("status = 'sending'"),
+            sqlite_where=text("status = 'sending'"),
+        ),
+        Index("ix_deliveries_lead", "lead_id"),
+    )
+
+
+class Touchpoint(Base):
+    """The append-only timeline of every contact with a lead."""
+
+    __tablename__ = "touchpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))  # email_sent, email_failed, enrolled, exited, ...
+    occurred_at: Mapped[datetime]
+    campaign_id: Mapped[str | None] = mapped_column(String(100))
+    step_id: Mapped[str | None] = mapped_column(String(100))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (Index("ix_touchpoints_lead_time", "lead_id", "occurred_at"),)
+
+
+class Event(Base):
+    """An engagement signal (open, click, page visit, download, ...) as received."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(60))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (Index("ix_events_lead_time", "lead_id", "occurred_at"),)
+
+
+class SchedulerLease(Base):
+    """Leader election for scheduler processes: whoever holds an unexpired lease runs the jobs."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+
+
+class CatalogState(Base):
+    """Small key/value facts about the loaded catalog (e.g. the hash the leads were last checked against)."""
+
+    __tablename__ = "catalog_state"
+
+    key: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))

@@ -1,0 +1,1 @@
+"""Every SELECT, INSERT and UPDATE the flows run, named for what it returns or changes."""

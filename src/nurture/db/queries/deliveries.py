@@ -1,0 +1,234 @@
+"""Queries on the send state machine of deliveries, and the touchpoints that record its outcomes.
+
+pending --claim--> claimed --start_sending--> sending --> sent | failed | unknown
+   ^                  |                          |
+   +--- lease expiry -+                          +--(transient failure)--> pending, later due_at
+pending | claimed --> skipped | cancelled
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from nurture.core.context import LeadProfile
+from nurture.core.lead import Lead as LeadValue
+from nurture.db.queries.tables import deliveries, enrollments, lead_profile, lead_value, leads, touchpoints
+
+OPEN = ("pending", "claimed")
+
+
+@dataclass(frozen=True, slots=True)
+class SendJob:
+    """Everything the deliver flow needs about one delivery it now holds in `sending`."""
+
+    delivery_id: int
+    enrollment_id: int
+    campaign_id: str
+    step_id: str
+    attempts: int
+    enrolled_at: datetime
+    lead: LeadValue
+    profile: LeadProfile
+
+
+async def claim_due_deliveries(
+    conn: AsyncConnection, *, now: datetime, lease: timedelta, limit: int
+) -> list[int]:
+    """Claim up to `limit` due deliveries (and those whose earlier claim expired) and return their ids.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent schedulers claim disjoint sets.
+    """
+    due = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.status.in_(OPEN),
+            deliveries.c.due_at <= now,
+            or_(deliveries.c.status == "pending", deliveries.c.claimed_until <= now),
+        )
+        .order_by(deliveries.c.due_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .values(status="claimed", claimed_until=now + lease)
+        .returning(deliveries.c.id, deliveries.c.due_at)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [row.id for row in sorted(rows, key=lambda r: (r.due_at, r.id))]
+
+
+async def mark_stale_sending_unknown(
+    conn: AsyncConnection, *, now: datetime, older_than: timedelta
+) -> list[int]:
+    """Deliveries stuck in `sending` (their worker died mid-send) become `unknown`: the message may or may
+    not have left, so they are reported and never re-sent automatically."""
+    rows = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.status == "sending", deliveries.c.sending_at <= now - older_than)
+        .values(status="unknown", last_error="worker stopped during the SMTP conversation")
+        .returning(deliveries.c.id, deliveries.c.lead_id, deliveries.c.campaign_id, deliveries.c.step_id)
+    )
+    found = rows.all()
+    for row in found:
+        await append_touchpoint(
+            conn,
+            lead_id=row.lead_id,
+            kind="email_unknown",
+            occurred_at=now,
+            campaign_id=row.campaign_id,
+            step_id=row.step_id,
+            delivery_id=row.id,
+        )
+    return [row.id for row in found]
+
+
+async def start_sending(conn: AsyncConnection, delivery_id: int, *, now: datetime) -> SendJob | None:
+    """Move a claimed delivery to `sending` and load what sending needs; None when it is not ours to send
+    (already sent, cancelled, or taken by a duplicate message)."""
+    started = (
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id, deliveries.c.status == "claimed")
+            .values(status="sending", sending_at=now, attempts=deliveries.c.attempts + 1)
+            .returning(deliveries.c.attempts)
+        )
+    ).first()
+    if started is None:
+        return None
+    row = (
+        await conn.execute(
+            select(
+                leads,
+                deliveries.c.enrollment_id,
+                deliveries.c.campaign_id,
+                deliveries.c.step_id,
+                enrollments.c.enrolled_at,
+            )
+            .join(deliveries, deliveries.c.lead_id == leads.c.id)
+            .join(enrollments, enrollments.c.id == deliveries.c.enrollment_id)
+            .where(deliveries.c.id == delivery_id)
+        )
+    ).one()
+    return SendJob(
+        delivery_id=delivery_id,
+        enrollment_id=row.enrollment_id,
+        campaign_id=row.campaign_id,
+        step_id=row.step_id,
+        attempts=started.attempts,
+        enrolled_at=row.enrolled_at,
+        lead=lead_value(row),
+        profile=lead_profile(row),
+    )
+
+
+async def record_sent(
+    conn: AsyncConnection,
+    job: SendJob,
+    *,
+    message_id: str,
+    response: str,
+    now: datetime,
+    kind: str = "email_sent",
+) -> None:
+    await _finish(conn, job.delivery_id, status="sent", message_id=message_id, sent_at=now, last_error=None)
+    await append_touchpoint(
+        conn,
+        lead_id=job.lead.id,
+        kind=kind,
+        occurred_at=now,
+        campaign_id=job.campaign_id,
+        step_id=job.step_id,
+        delivery_id=job.delivery_id,
+        message_id=message_id,
+        detail={"response": response},
+    )
+
+
+async def record_failed(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
+    await _finish(conn, job.delivery_id, status="failed", last_error=error)
+    await append_touchpoint(
+        conn,
+        lead_id=job.lead.id,
+        kind="email_failed",
+        occurred_at=now,
+        campaign_id=job.campaign_id,
+        step_id=job.step_id,
+        delivery_id=job.delivery_id,
+        detail={"error": error},
+    )
+
+
+async def record_held(conn: AsyncConnection, job: SendJob, *, status: str, reason: str) -> None:
+    """The delivery will not go out (`skipped` or `cancelled`) for `reason`."""
+    await _finish(conn, job.delivery_id, status=status, last_error=reason)
+
+
+async def reschedule_delivery(
+    conn: AsyncConnection, delivery_id: int, *, error: str, retry_at: datetime
+) -> None:
+    """A transient failure: back to `pending`, due again at `retry_at`."""
+    await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status == "sending")
+        .values(status="pending", due_at=retry_at, claimed_until=None, sending_at=None, last_error=error)
+    )
+
+
+async def release_delivery(conn: AsyncConnection, delivery_id: int) -> None:
+    """Hand a delivery we hold back to the queue untouched (e.g. the worker is shutting down)."""
+    await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status == "sending")
+        .values(status="pending", claimed_until=None, sending_at=None, attempts=deliveries.c.attempts - 1)
+    )
+
+
+async def count_open_deliveries_of_enrollment(conn: AsyncConnection, enrollment_id: int) -> int:
+    rows = await conn.execute(
+        select(deliveries.c.id).where(
+            and_(deliveries.c.enrollment_id == enrollment_id, deliveries.c.status.in_((*OPEN, "sending")))
+        )
+    )
+    return len(rows.all())
+
+
+async def append_touchpoint(
+    conn: AsyncConnection,
+    *,
+    lead_id: int,
+    kind: str,
+    occurred_at: datetime,
+    campaign_id: str | None = None,
+    step_id: str | None = None,
+    delivery_id: int | None = None,
+    message_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        touchpoints.insert().values(
+            lead_id=lead_id,
+            kind=kind,
+            occurred_at=occurred_at,
+            campaign_id=campaign_id,
+            step_id=step_id,
+            delivery_id=delivery_id,
+            message_id=message_id,
+            detail=detail or {},
+        )
+    )
+
+
+async def _finish(conn: AsyncConnection, delivery_id: int, *, status: str, **values: Any) -> None:
+    await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status.in_((*OPEN, "sending")))
+        .values(status=status, claimed_until=None, **values)
+    )

@@ -1,0 +1,101 @@
+"""Queries on leads: upsert from imports, suppression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from nurture.core.lead import PROFILE_FIELDS, LeadRow
+from nurture.db.queries.tables import deliveries, dialect_insert, enrollments, leads
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+
+
+async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime) -> UpsertCounts:
+    """Insert new leads and merge the rest by email: given fields overwrite, empty ones keep the old value,
+    tags are merged. `rows` must not repeat an email. Every touched lead is marked for an enrollment check."""
+    if not rows:
+        return UpsertCounts(0, 0)
+    emails = [r.email for r in rows]
+    existing = set((await conn.execute(select(leads.c.email).where(leads.c.email.in_(emails)))).scalars())
+    new = [_insert_values(r, now) for r in rows if r.email not in existing]
+    inserted: set[str] = set()
+    if new:
+        stmt = dialect_insert(conn, leads).values(new).on_conflict_do_nothing().returning(leads.c.email)
+        inserted = set((await conn.execute(stmt)).scalars())
+    # Rows that existed, or that a concurrent import inserted first, are merged.
+    to_update = [_update_values(r, now) for r in rows if r.email not in inserted]
+    if to_update:
+        await conn.execute(_merge_statement(conn), to_update)
+    return UpsertCounts(inserted=len(inserted), updated=len(to_update))
+
+
+def _merge_statement(conn: AsyncConnection) -> Any:
+    merged: dict[str, ColumnElement[Any]] = {
+        name: func.coalesce(bindparam(f"p_{name}", type_=leads.c[name].type), leads.c[name])
+        for name in (*PROFILE_FIELDS, "grade", "stage")
+    }
+    new_tags = bindparam("p_tags", type_=leads.c.tags.type)
+    if conn.dialect.name == "postgresql":
+        merged["tags"] = leads.c.tags.op("||")(new_tags)
+    else:
+        merged["tags"] = func.json_patch(leads.c.tags, func.json(new_tags))
+    return (
+        update(leads)
+        .where(leads.c.email == bindparam("p_email"))
+        .values(**merged, updated_at=bindparam("p_now", type_=leads.c.updated_at.type), enroll_pending=True)
+    )
+
+
+def _insert_values(row: LeadRow, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {name: row.profile.get(name) for name in PROFILE_FIELDS}
+    values.update(
+        email=row.email,
+        grade=row.grade,
+        stage=row.stage or "lead",
+        score=0,
+        tags=dict(row.tags),
+        suppressed=False,
+        enroll_pending=True,
+        created_at=now,
+        updated_at=now,
+    )
+    return values
+
+
+def _update_values(row: LeadRow, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {f"p_{name}": row.profile.get(name) for name in PROFILE_FIELDS}
+    values.update(p_email=row.email, p_grade=row.grade, p_stage=row.stage, p_tags=dict(row.tags), p_now=now)
+    return values
+
+
+async def suppress_lead(conn: AsyncConnection, lead_id: int, *, reason: str, now: datetime) -> None:
+    """Stop all mail to a lead: flag it, end its active enrollments and cancel their open deliveries."""
+    await conn.execute(
+        update(leads)
+        .where(leads.c.id == lead_id)
+        .values(suppressed=True, suppressed_reason=reason, updated_at=now)
+    )
+    await conn.execute(
+        update(enrollments)
+        .where(enrollments.c.lead_id == lead_id, enrollments.c.state == "active")
+        .values(state="exited", exit_reason=reason, ended_at=now)
+    )
+    await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.lead_id == lead_id, deliveries.c.status.in_(("pending", "claimed")))
+        .values(status="cancelled", last_error=reason)
+    )
+
+
+async def count_leads(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(leads))).scalar_one())

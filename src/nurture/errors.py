@@ -1,0 +1,73 @@
+"""Errors raised by nurture.
+
+* NurtureError
+  + ConfigError            campaigns/, templates/, reps or settings are wrong; carries source and line
+    - CampaignError
+    - TemplateError
+  + InputError             a rejected lead row or API payload; carries row or field
+  + SendError              raised by transports only
+    - TransientSendError   4xx, timeout, disconnect: retried with backoff
+    - PermanentSendError   5xx: recorded, address suppressed, never retried
+  + HeaderInjectionError   a header value would carry CR/LF or another line break
+  + TrackingTokenError     forged or expired tracking token
+"""
+
+from __future__ import annotations
+
+
+class NurtureError(Exception):
+    """Base of every error nurture raises on purpose."""
+
+
+class ConfigError(NurtureError):
+    """A configuration file is wrong; the message starts with `source:line:`."""
+
+    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
+        super().__init__(f"{source}:{line if line is not None else '?'}: {message}")
+        self.source, self.line, self.reason = source, line, message
+
+
+class CampaignError(ConfigError):
+    """A campaign file is invalid."""
+
+
+class TemplateError(ConfigError):
+    """A template is missing, does not compile or uses an unknown variable."""
+
+
+class ConfigErrors(NurtureError):
+    """Several configuration errors found in one pass, reported together."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class InputError(NurtureError):
+    """Rejected input: a lead row or an API payload."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
+        where = f"row {row}: " if row is not None else ""
+        where += f"{field}: " if field else ""
+        super().__init__(f"{where}{message}")
+        self.row, self.field, self.reason = row, field, message
+
+
+class SendError(NurtureError):
+    """A message could not be handed to the mail server."""
+
+
+class TransientSendError(SendError):
+    """Try again later (SMTP 4xx, timeout, disconnect)."""
+
+
+class PermanentSendError(SendError):
+    """The server refused for good (SMTP 5xx): never retry."""
+
+
+class HeaderInjectionError(NurtureError):
+    """A header value contains a line break."""
+
+
+class TrackingTokenError(NurtureError):
+    """A tracking token is forged, altered or expired."""

@@ -1,0 +1,92 @@
+"""Service configuration from `NURTURE_*` environment variables or a `.env` file.
+
+Unset means the embedded default: a SQLite file and an outbox folder under `./var/`, an in-process broker.
+`load_settings()` is called by the command line only; everything else is handed what it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nurture.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NURTURE_", env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    smtp_url: SecretStr | None = None
+    campaigns_dir: Path = Path("campaigns")
+    templates_dir: Path = Path("templates")
+    scoring_file: Path = Path("scoring.yaml")
+    reps_file: Path = Path("reps.yaml")
+    secret_key: SecretStr | None = None
+    base_url: str = "http://127.0.0.1:8000"
+    alert_urls: str = ""
+    postal_address: str | None = None
+    dry_run: bool = False
+
+    data_dir: Path = Path("var")
+    clock_file: Path | None = None
+    tick_interval_s: float = Field(default=10.0, gt=0)
+    claim_batch: int = Field(default=1000, gt=0)
+    claim_lease_s: int = Field(default=600, gt=0)
+    worker_threads: int = Field(default=8, gt=0)
+    smtp_pool_size: int = Field(default=4, gt=0)
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    max_send_attempts: int = Field(default=8, gt=0)
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _scaled_out_needs_a_real_secret(self) -> Settings:
+        if not self.is_embedded and (self.secret_key is None or len(self.secret_key.get_secret_value()) < 16):
+            raise ValueError(
+                "NURTURE_SECRET_KEY must be set (16+ characters) when PostgreSQL or Redis is configured"
+            )
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no external database or broker is configured."""
+        return self.database_url is None and self.redis_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'nurture.db'}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value becomes a `ConfigError` naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(_first_line(exc), source="environment") from exc
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _first_line(exc: ValueError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
