@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from types import MappingProxyType
 from typing import Any
 
@@ -106,3 +107,9 @@ def template_context(
         "unsubscribe_url": unsubscribe_url,
         "postal_address": postal_address,
     }
+
+
+def sender_as_rep(from_address: str) -> Rep:
+    """The rep to show when a lead has none: the campaign's sender ("Acme Growth <growth@acme.example>")."""
+    name, address = parseaddr(from_address)
+    return Rep(email=address, name=name or address)

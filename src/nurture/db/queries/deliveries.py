@@ -226,6 +226,19 @@ async def append_touchpoint(
     )
 
 
+async def append_touchpoints(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Append many touchpoints at once (keys as in `append_touchpoint`)."""
+    if rows:
+        defaults = {
+            "campaign_id": None,
+            "step_id": None,
+            "delivery_id": None,
+            "message_id": None,
+            "detail": {},
+        }
+        await conn.execute(touchpoints.insert(), [{**defaults, **row} for row in rows])
+
+
 async def _finish(conn: AsyncConnection, delivery_id: int, *, status: str, **values: Any) -> None:
     await conn.execute(
         update(deliveries)

@@ -1,0 +1,67 @@
+"""The message broker: Redis when `NURTURE_REDIS_URL` is set, else an in-process one, with the middleware
+every worker needs (an asyncio loop for the async actors, and the runtime opened on that loop).
+
+The in-process broker is Dramatiq's in-memory broker: enough for the embedded default because the database,
+not the broker, is the source of truth: whatever is in memory when the process stops is found again by the
+next tick once its claim lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AsyncIO, Middleware
+
+from nurture.runtime import Runtime
+from nurture.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeMiddleware(Middleware):  # type: ignore[misc]
+    """Opens the runtime when a worker boots and closes it, on the worker's event loop, when it stops."""
+
+    def __init__(self, factory: Callable[[], Runtime]) -> None:
+        self._factory = factory
+        self._runtime: Runtime | None = None
+
+    def current(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("no runtime: the worker has not booted")
+        return self._runtime
+
+    def after_worker_boot(self, _broker: Any, _worker: Any) -> None:
+        self._runtime = self._factory()
+
+    def before_worker_shutdown(self, _broker: Any, _worker: Any) -> None:
+        runtime, self._runtime = self._runtime, None
+        loop_thread = get_event_loop_thread()
+        if runtime is not None and loop_thread is not None:
+            loop_thread.run_coroutine(runtime.aclose())
+
+
+def setup_broker(settings: Settings, runtime_factory: Callable[[], Runtime]) -> dramatiq.Broker:
+    """Build the broker for `settings`, add the middleware, and make it Dramatiq's global broker."""
+    broker: dramatiq.Broker
+    if settings.redis_url:
+        broker = RedisBroker(url=settings.redis_url)
+    else:
+        broker = StubBroker()
+        broker.emit_after("process_boot")
+    broker.add_middleware(AsyncIO())
+    broker.add_middleware(RuntimeMiddleware(runtime_factory))
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def runtime_middleware(broker: dramatiq.Broker) -> RuntimeMiddleware:
+    for middleware in broker.middleware:
+        if isinstance(middleware, RuntimeMiddleware):
+            return middleware
+    raise RuntimeError("broker was not built by setup_broker()")

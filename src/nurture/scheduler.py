@@ -1,0 +1,102 @@
+"""The scheduler process: two APScheduler jobs, enroll and dispatch, run only by the lease-holding leader.
+
+Any number of scheduler processes may run; the lease decides which one works, and the flows themselves are
+safe when two ever overlap. Claimed delivery ids are handed to the broker; a lost message is claimed again
+once its lease lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from nurture.db.queries.leases import release_lease, try_acquire_lease
+from nurture.flows.tick import dispatch, enroll
+from nurture.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "scheduler"
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    enrolled: int
+    claimed: int
+    unknown: int
+
+
+class Scheduler:
+    def __init__(self, runtime: Runtime, enqueue: Callable[[Iterable[int]], int]) -> None:
+        self.runtime = runtime
+        self.enqueue = enqueue
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        settings = runtime.settings
+        self.interval = timedelta(seconds=settings.tick_interval_s)
+        self.lease = timedelta(seconds=settings.claim_lease_s)
+        # A send normally ends within the SMTP timeout; past twice that its worker is gone.
+        self.stale_after = timedelta(seconds=max(4 * settings.smtp_timeout_s, 60))
+
+    async def tick(self, now: datetime) -> TickResult:
+        """One full pass at `now`: enroll, then dispatch (used by `nurture tick`)."""
+        enrolled = await enroll(self.runtime.db, self.runtime.catalog, now)
+        claimed, unknown = await self._dispatch(now)
+        return TickResult(enrolled=enrolled, claimed=claimed, unknown=unknown)
+
+    async def enroll_job(self) -> None:
+        now = self.runtime.clock.now()
+        if await self._is_leader(now):
+            await enroll(self.runtime.db, self.runtime.catalog, now)
+
+    async def dispatch_job(self) -> None:
+        now = self.runtime.clock.now()
+        if await self._is_leader(now):
+            await self._dispatch(now)
+
+    async def _dispatch(self, now: datetime) -> tuple[int, int]:
+        settings = self.runtime.settings
+        result = await dispatch(
+            self.runtime.db, now, lease=self.lease, limit=settings.claim_batch, stale_after=self.stale_after
+        )
+        enqueued = self.enqueue(result.claimed)
+        if enqueued:
+            log.info("dispatched deliveries=%d", enqueued)
+        return enqueued, len(result.unknown)
+
+    async def _is_leader(self, now: datetime) -> bool:
+        async with self.runtime.db.transaction() as conn:
+            leader = await try_acquire_lease(
+                conn, name=LEASE_NAME, holder=self.holder, now=now, ttl=self.interval * 3
+            )
+        if not leader:
+            log.debug("not the leader holder=%s", self.holder)
+        return leader
+
+    def start(self) -> AsyncIOScheduler:
+        """Start both jobs on the running event loop (first run at once)."""
+        scheduler = AsyncIOScheduler()
+        seconds = self.interval.total_seconds()
+        for job in (self.enroll_job, self.dispatch_job):
+            scheduler.add_job(
+                job,
+                "interval",
+                seconds=seconds,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now().astimezone(),  # APScheduler's own wall clock, not ours
+                id=job.__name__,
+            )
+        scheduler.start()
+        return scheduler
+
+    async def resign(self) -> None:
+        """Give up the lease at shutdown so another scheduler takes over at its next tick."""
+        async with self.runtime.db.transaction() as conn:
+            await release_lease(conn, name=LEASE_NAME, holder=self.holder)

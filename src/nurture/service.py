@@ -1,0 +1,108 @@
+"""Process shapes: everything in one process (`run`), a scheduler, a worker, or a single tick.
+
+Each builds the runtime, the broker and its actors, starts what it needs and stops it cleanly on SIGINT or
+SIGTERM: a worker finishes the messages it holds before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dramatiq import Worker
+
+from nurture.actors import Actors, declare_actors
+from nurture.broker import setup_broker
+from nurture.catalog import Catalog
+from nurture.clock import Clock
+from nurture.db.migrate import upgrade
+from nurture.runtime import Runtime, build_runtime
+from nurture.scheduler import Scheduler, TickResult
+from nurture.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WORKER_STOP_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    runtime: Runtime
+    actors: Actors
+
+
+async def open_service(settings: Settings, *, clock: Clock | None = None) -> Service:
+    """Build the runtime and the broker; the embedded database is migrated on the way."""
+    runtime = build_runtime(settings, clock=clock)
+    if settings.is_embedded:
+        await upgrade(runtime.db)
+    broker = setup_broker(settings, _worker_runtime_factory(settings, runtime.clock, runtime.catalog))
+    return Service(runtime=runtime, actors=declare_actors(broker))
+
+
+def _worker_runtime_factory(settings: Settings, clock: Clock, catalog: Catalog) -> Callable[[], Runtime]:
+    return lambda: build_runtime(settings, clock=clock, catalog=catalog)
+
+
+def start_worker(service: Service, threads: int) -> Worker:
+    worker = Worker(service.actors.broker, worker_threads=threads)
+    worker.start()
+    return worker
+
+
+def drain(service: Service, threads: int) -> None:
+    """Run the queued work in-process until every queue is empty (blocking)."""
+    worker = start_worker(service, threads)
+    try:
+        broker = service.actors.broker
+        for queue in service.actors.queues:
+            if hasattr(broker, "dead_letters_by_queue"):  # the in-process broker
+                broker.join(queue, fail_fast=False)
+            else:
+                broker.join(queue)
+        worker.join()
+    finally:
+        worker.stop(timeout=WORKER_STOP_TIMEOUT_MS)
+
+
+async def run_tick(settings: Settings, *, clock: Clock, drain_queue: bool) -> TickResult:
+    service = await open_service(settings, clock=clock)
+    try:
+        scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries)
+        result = await scheduler.tick(clock.now())
+        if drain_queue:
+            await asyncio.to_thread(drain, service, settings.worker_threads)
+        return result
+    finally:
+        await service.runtime.aclose()
+
+
+async def run_forever(settings: Settings, *, with_scheduler: bool, with_worker: bool) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    service = await open_service(settings)
+    worker = start_worker(service, settings.worker_threads) if with_worker else None
+    scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries) if with_scheduler else None
+    jobs = scheduler.start() if scheduler else None
+    log.info("started scheduler=%s worker=%s", with_scheduler, with_worker)
+    try:
+        await _until_signalled()
+    finally:
+        log.info("stopping")
+        if jobs is not None:
+            jobs.shutdown(wait=False)
+        if scheduler is not None:
+            await scheduler.resign()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop, WORKER_STOP_TIMEOUT_MS)
+        await service.runtime.aclose()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
