@@ -30,7 +30,9 @@ async def test_import_keeps_good_rows_and_reports_bad_ones_with_row_numbers(db: 
     report = await import_leads(db, rows, now=NOW)
     assert (report.total, report.inserted, report.updated) == (5, 2, 0)
     assert [(r.row, r.reason.split(":")[0]) for r in report.rejected] == [
-        (3, "email"), (4, "grade"), (5, "timezone"),
+        (3, "email"),
+        (4, "grade"),
+        (5, "timezone"),
     ]
     stored = await _leads(db)
     assert set(stored) == {"wang@example.com", "ok@example.org"}
@@ -41,10 +43,24 @@ async def test_import_keeps_good_rows_and_reports_bad_ones_with_row_numbers(db: 
 
 
 async def test_import_upserts_by_email_keeping_values_a_row_leaves_empty(db: Database) -> None:
-    await import_leads(db, [{"email": "a@example.com", "first_name": "Ann", "company": "Acme",
-                             "grade": "nurturable", "source": "webinar"}], now=NOW)
-    report = await import_leads(db, [{"email": "A@example.com", "first_name": "", "company": "Acme Corp",
-                                      "utm_source": "linkedin"}], now=NOW)
+    await import_leads(
+        db,
+        [
+            {
+                "email": "a@example.com",
+                "first_name": "Ann",
+                "company": "Acme",
+                "grade": "nurturable",
+                "source": "webinar",
+            }
+        ],
+        now=NOW,
+    )
+    report = await import_leads(
+        db,
+        [{"email": "A@example.com", "first_name": "", "company": "Acme Corp", "utm_source": "linkedin"}],
+        now=NOW,
+    )
     assert (report.inserted, report.updated) == (0, 1)
     lead = (await _leads(db))["a@example.com"]
     assert (lead["first_name"], lead["company"], lead["grade"]) == ("Ann", "Acme Corp", "nurturable")
@@ -52,7 +68,10 @@ async def test_import_upserts_by_email_keeping_values_a_row_leaves_empty(db: Dat
 
 
 async def test_import_merges_repeated_emails_within_one_batch(db: Database) -> None:
-    rows = [{"email": "dup@example.com", "first_name": "Dee"}, {"email": "DUP@example.com", "last_name": "Dup"}]
+    rows = [
+        {"email": "dup@example.com", "first_name": "Dee"},
+        {"email": "DUP@example.com", "last_name": "Dup"},
+    ]
     report = await import_leads(db, rows, now=NOW)
     assert (report.inserted, report.updated) == (1, 0)
     lead = (await _leads(db))["dup@example.com"]

@@ -20,6 +20,7 @@ from nurture.core.campaign import Campaign
 from nurture.core.context import owner_of, sender_as_rep, template_context
 from nurture.core.lifecycle import send_hold
 from nurture.core.message import compose
+from nurture.core.schedule import due_at, lead_zone
 from nurture.core.tracking import message_id_for, unsubscribe_url
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import (
@@ -28,6 +29,7 @@ from nurture.db.queries.deliveries import (
     record_failed,
     record_held,
     record_sent,
+    release_delivery,
     reschedule_delivery,
     start_sending,
 )
@@ -43,6 +45,7 @@ class Outcome(StrEnum):
     SENT = "sent"
     NOT_CLAIMED = "not_claimed"  # sent already, cancelled, or another worker has it
     HELD = "held"
+    DEFERRED = "deferred"  # outside the send window: pending again until it opens
     RETRY = "retry"
     FAILED = "failed"
     BOUNCED = "bounced"
@@ -80,7 +83,16 @@ async def deliver(delivery_id: int, *, db: Database, mailer: Mailer, now: dateti
                 await _complete_if_done(conn, job, now)
             log.info("delivery held delivery_id=%s reason=%s", delivery_id, hold.reason)
             return Outcome.HELD
-    assert campaign is not None  # send_hold holds deliveries of removed campaigns
+        assert campaign is not None  # send_hold holds deliveries of removed campaigns
+        # Dispatched late (a scheduler was down, a queue was long): never mail outside the lead's window.
+        window = campaign.send_window
+        opens_at = due_at(now, window, lead_zone(job.lead.timezone, window))
+        if opens_at > now:
+            await release_delivery(conn, delivery_id, due_at=opens_at)
+            log.info(
+                "delivery deferred to its window delivery_id=%s due_at=%s", delivery_id, opens_at.isoformat()
+            )
+            return Outcome.DEFERRED
     try:
         message = _build_message(job, campaign, mailer, now)
     except (TemplateError, HeaderInjectionError) as exc:

@@ -182,12 +182,22 @@ async def reschedule_delivery(
     )
 
 
-async def release_delivery(conn: AsyncConnection, delivery_id: int) -> None:
-    """Hand a delivery we hold back to the queue untouched (e.g. the worker is shutting down)."""
+async def release_delivery(
+    conn: AsyncConnection, delivery_id: int, *, due_at: datetime | None = None
+) -> None:
+    """Give back a delivery we hold without sending it, as if never attempted (e.g. outside its send window,
+    which opens again at `due_at`)."""
+    values: dict[str, Any] = {"due_at": due_at} if due_at is not None else {}
     await conn.execute(
         update(deliveries)
         .where(deliveries.c.id == delivery_id, deliveries.c.status == "sending")
-        .values(status="pending", claimed_until=None, sending_at=None, attempts=deliveries.c.attempts - 1)
+        .values(
+            status="pending",
+            claimed_until=None,
+            sending_at=None,
+            attempts=deliveries.c.attempts - 1,
+            **values,
+        )
     )
 
 

@@ -105,7 +105,7 @@ async def insert_enrollments(
     ]
     stmt = dialect_insert(conn, enrollments).values(values).on_conflict_do_nothing()
     rows = await conn.execute(stmt.returning(enrollments.c.lead_id, enrollments.c.id))
-    return dict(rows.tuples().all())
+    return {row.lead_id: row.id for row in rows}
 
 
 async def insert_deliveries(conn: AsyncConnection, items: Sequence[NewDelivery]) -> None:

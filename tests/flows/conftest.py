@@ -1,0 +1,38 @@
+"""Fixtures for flow tests: the shipped catalog, a mailer on a recording transport, leads in the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nurture.catalog import Catalog, load_catalog
+from nurture.flows.deliver import Mailer
+from nurture.render import TemplateRenderer
+from tests.fakes import RecordingTransport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog(
+        campaigns_dir=ROOT / "campaigns", templates_dir=ROOT / "templates", reps_file=ROOT / "reps.yaml"
+    )
+
+
+@pytest.fixture
+def transport() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture
+def mailer(catalog: Catalog, transport: RecordingTransport) -> Mailer:
+    return Mailer(
+        catalog=catalog,
+        renderer=TemplateRenderer(ROOT / "templates", catalog.campaigns),
+        transport=transport,
+        secret_key=b"test-secret-key-0123456789",
+        base_url="https://track.example.com",
+        max_attempts=3,
+    )
