@@ -37,7 +37,12 @@ _COLUMN_ALIASES: Final = {
     "time_zone": "timezone",
     "tz": "timezone",
 }
-_TAG_KEY = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
+_TAG_KEY = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
+# Checked before ZoneInfo sees a name: a long path-like value can make ZoneInfo recurse until it crashes.
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]{1,32}(?:/[A-Za-z0-9_+-]{1,32}){0,3}")
+# Joiners shape Persian, Indic and emoji text; they are format characters but not line breaks.
+_KEEP = frozenset({" ", "\u200c", "\u200d"})
+_SPACES = re.compile(r" {2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,7 @@ class RowError:
 
 
 def normalise_email(raw: str) -> str:
-    """Return the canonical form of an address (lower-case, IDNA domain) or raise ValueError."""
+    """Return the canonical form of an address (trimmed, lower-case) or raise ValueError."""
     try:
         checked = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
@@ -85,7 +90,13 @@ def normalise_email(raw: str) -> str:
 
 def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow | RowError:
     """Validate one inbound row (CSV or API) and split it into profile fields and source tags."""
-    cleaned = {_column_key(k): _clean(v) for k, v in row.items() if k is not None}
+    cleaned: dict[str, str] = {}
+    for key, value in row.items():
+        if key is not None:
+            text = _clean(value)
+            # Two columns may alias one field ("email" and "e-mail"): an empty one never hides a filled one.
+            if text or _column_key(key) not in cleaned:
+                cleaned[_column_key(key)] = text
     raw_email = cleaned.pop("email", "")
     try:
         email = normalise_email(raw_email)
@@ -102,7 +113,7 @@ def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow 
             profile["owner"] = normalise_email(profile["owner"])
         except ValueError as exc:
             return RowError(row_number, email, f"owner: {exc}")
-    bad_tags = sorted(k for k in cleaned if not _TAG_KEY.match(k))
+    bad_tags = sorted(k for k in cleaned if not _TAG_KEY.fullmatch(k))
     if bad_tags:
         return RowError(row_number, email, f"column name not usable as a tag: {bad_tags[0]!r}")
     tags = {k: v for k, v in cleaned.items() if v and k not in PROFILE_FIELDS}
@@ -122,9 +133,11 @@ def _check_values(grade: str | None, stage: str | None, cleaned: Mapping[str, st
 
 def is_time_zone(name: str) -> bool:
     """True when `name` is a known IANA zone such as `Asia/Taipei`."""
+    if len(name) > 64 or not _ZONE_KEY.fullmatch(name):
+        return False
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
 
@@ -139,4 +152,5 @@ def _clean(value: str | None) -> str:
     if value is None:
         return ""
     text = unicodedata.normalize("NFC", value)
-    return "".join(" " if unicodedata.category(ch)[0] in "CZ" and ch != " " else ch for ch in text).strip()
+    text = "".join(" " if unicodedata.category(ch)[0] in "CZ" and ch not in _KEEP else ch for ch in text)
+    return _SPACES.sub(" ", text).strip()
