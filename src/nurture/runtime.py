@@ -17,7 +17,6 @@ from nurture.clock import Clock, FileClock, SystemClock
 from nurture.db.engine import Database
 from nurture.flows.deliver import Mailer
 from nurture.ports import Transport
-from nurture.render import TemplateRenderer
 from nurture.settings import Settings, redact_url
 from nurture.transports.outbox import OutboxTransport
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
@@ -50,7 +49,7 @@ def build_runtime(
     db = Database(settings.effective_database_url)
     mailer = Mailer(
         catalog=catalog,
-        renderer=TemplateRenderer(settings.templates_dir, catalog.campaigns),
+        renderer=catalog.renderer(),
         transport=build_transport(settings),
         secret_key=secret_key(settings),
         base_url=settings.base_url,

@@ -8,7 +8,6 @@ import pytest
 
 from nurture.catalog import Catalog, load_catalog
 from nurture.flows.deliver import Mailer
-from nurture.render import TemplateRenderer
 from tests.fakes import RecordingTransport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +29,7 @@ def transport() -> RecordingTransport:
 def mailer(catalog: Catalog, transport: RecordingTransport) -> Mailer:
     return Mailer(
         catalog=catalog,
-        renderer=TemplateRenderer(ROOT / "templates", catalog.campaigns),
+        renderer=catalog.renderer(),
         transport=transport,
         secret_key=b"test-secret-key-0123456789",
         base_url="https://track.example.com",

@@ -1,0 +1,276 @@
+"""Render a campaign step for one lead (subject, HTML and text) in a Jinja2 sandbox.
+
+The only module that imports jinja2, css_inline and inscriptis. Each step's templates are compiled once and
+cached. `check_templates` runs the same compile-and-render path on sample data, so `nurture validate` finds
+what a real send would trip over, and reports it as `file:line`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import css_inline
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, nodes
+from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from nurture.core.campaign import Campaign, Step
+from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, template_context
+from nurture.errors import CampaignError, TemplateError
+from nurture.ports import RenderedEmail
+
+CONTEXT_NAMES: Final = frozenset({"lead", "owner", "campaign", "step", "unsubscribe_url", "postal_address"})
+SAMPLE_UNSUBSCRIBE_URL: Final = "https://nurture.example/u/sample-token"
+SAMPLE_POSTAL_ADDRESS: Final = "Example Inc., 1 Sample Street, Sample City"
+# \s already covers \r, \n, \t, \x0b, \x0c, \x1c-\x1f, U+0085, U+2028 and U+2029; the rest are the other
+# control characters, which have no business in a Subject header either.
+_LINE_BREAKS: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+# Errors that template code can raise while rendering; anything else is a bug in nurture, not in a template.
+_RENDER_ERRORS: Final = (JinjaTemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    subject: Template
+    html: Template
+    text: Template | None
+    parts: tuple[_Part, _Part, _Part | None]  # where each one's errors point
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where to point when an error carries no template file of its own (a subject, a missing file)."""
+
+    source: str
+    line: int | None
+    prefix: str = ""
+
+
+class TemplateRenderer:
+    """Renders campaign steps from `templates_dir`; implements `nurture.ports.Renderer`."""
+
+    def __init__(self, templates_dir: Path, campaigns: Mapping[str, Campaign]) -> None:
+        self._templates_dir = templates_dir
+        self._campaigns = campaigns
+        loader = FileSystemLoader(templates_dir)
+        # The HTML part is always escaped, whatever its file is called: a `welcome.j2` is still HTML, and
+        # select_autoescape would leave it unescaped. Text parts and subjects are never escaped.
+        self._html_env = _environment(loader, autoescape=True)
+        self._text_env = _environment(loader, autoescape=False)
+        # Remote stylesheets are dropped, never fetched: rendering does no network I/O.
+        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+        self._text_config = ParserConfig(display_links=True)
+        self._compiled: dict[tuple[str, str], _Compiled] = {}
+
+    def render_step(self, campaign_id: str, step_id: str, context: Mapping[str, Any]) -> RenderedEmail:
+        """Render one step with `context` (built by `core.context.template_context`).
+
+        Raises:
+            TemplateError: a template is missing, does not compile or fails on this context.
+            CampaignError: the campaign or the step is not in the catalog.
+        """
+        campaign = self._campaigns.get(campaign_id)
+        step = campaign.step(step_id) if campaign else None
+        if campaign is None or step is None:
+            source = campaign.source if campaign else "<catalog>"
+            raise CampaignError(f"no step {step_id!r} in campaign {campaign_id!r}", source=source)
+        compiled = self._compile(campaign, step)
+        subject_part, html_part, text_part = compiled.parts
+        subject = _render(compiled.subject, context, subject_part.where)
+        html = _render(compiled.html, context, html_part.where)
+        if compiled.text is not None and text_part is not None:
+            text = _render(compiled.text, context, text_part.where)
+        else:
+            text = self._html_to_text(html)
+        return RenderedEmail(
+            subject=one_line(subject), html=self._inline_css(html, html_part.where), text=text
+        )
+
+    def check_templates(self, campaign: Campaign) -> list[TemplateError]:
+        """Return every problem in the campaign's subjects and templates, found by rendering sample data."""
+        errors: list[TemplateError] = []
+        for step in campaign.steps:
+            context = template_context(
+                SAMPLE_LEAD,
+                owner=SAMPLE_REP,
+                campaign=campaign,
+                step=step,
+                unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL,
+                postal_address=campaign.sender.postal_address or SAMPLE_POSTAL_ADDRESS,
+            )
+            for part in filter(None, self._parts(campaign, step)):
+                try:
+                    self._check_part(part, context)
+                except TemplateError as exc:
+                    errors.append(exc)
+        return errors
+
+    def _check_part(self, part: _Part, context: Mapping[str, Any]) -> None:
+        template = self._load(part)
+        unknown = self._unknown_names(part)
+        if unknown:
+            raise unknown
+        rendered = _render(template, context, part.where)
+        if part.env is self._html_env:
+            self._inline_css(rendered, part.where)
+            self._html_to_text(rendered)
+
+    def _parts(self, campaign: Campaign, step: Step) -> tuple[_Part, _Part, _Part | None]:
+        """The subject, the HTML and the text template of a step, each with where its errors point."""
+        index = campaign.steps.index(step)
+
+        def where(key: str, prefix: str) -> _Where:
+            return _Where(campaign.source, campaign.line_of("steps", index, key), prefix)
+
+        subject = _Part(self._text_env, None, step.subject, where("subject", f"step {step.id} subject: "))
+        html = _Part(self._html_env, step.template, None, where("template", f"step {step.id}: "))
+        text = None
+        if step.text_template is not None:
+            text = _Part(
+                self._text_env, step.text_template, None, where("text_template", f"step {step.id}: ")
+            )
+        return subject, html, text
+
+    def _compile(self, campaign: Campaign, step: Step) -> _Compiled:
+        key = (campaign.id, step.id)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            parts = self._parts(campaign, step)
+            text = self._load(parts[2]) if parts[2] else None
+            compiled = _Compiled(self._load(parts[0]), self._load(parts[1]), text, parts)
+            if self._campaigns.get(campaign.id) is campaign:  # never cache a campaign we were not built with
+                self._compiled[key] = compiled
+        return compiled
+
+    def _load(self, part: _Part) -> Template:
+        try:
+            if part.name is None:
+                return part.env.from_string(part.subject or "")
+            return part.env.get_template(part.name)
+        except TemplateNotFound as exc:
+            # Only the step's own file can be missing here: includes are looked up when rendering.
+            message = f"{part.where.prefix}template {part.name!r} not found in {self._templates_dir}"
+            raise TemplateError(message, source=part.where.source, line=part.where.line) from exc
+        except TemplateSyntaxError as exc:
+            raise _translate(exc, part.where) from exc
+
+    def _unknown_names(self, part: _Part) -> TemplateError | None:
+        """The first name a template uses that the template context does not have, or None."""
+        if part.name is None:
+            source, filename = part.subject or "", None
+        else:
+            assert part.env.loader is not None
+            source, filename, _ = part.env.loader.get_source(part.env, part.name)
+        tree = part.env.parse(source, part.name, filename)
+        unknown = meta.find_undeclared_variables(tree) - CONTEXT_NAMES - part.env.globals.keys()
+        uses = sorted((n.lineno, n.name) for n in tree.find_all(nodes.Name) if n.name in unknown)
+        if not uses:
+            return None
+        line, name = uses[0]
+        close = difflib.get_close_matches(name, CONTEXT_NAMES, n=1)
+        hint = (
+            f" (did you mean {close[0]!r}?)"
+            if close
+            else f" (templates see {', '.join(sorted(CONTEXT_NAMES))})"
+        )
+        if filename is None:
+            return TemplateError(
+                f"{part.where.prefix}undefined variable {name!r}{hint}",
+                source=part.where.source,
+                line=part.where.line,
+            )
+        return TemplateError(f"undefined variable {name!r}{hint}", source=filename, line=line)
+
+    def _inline_css(self, html: str, where: _Where) -> str:
+        try:
+            return str(self._inliner.inline(html))
+        except css_inline.InlineError as exc:
+            raise TemplateError(
+                f"{where.prefix}CSS could not be inlined: {exc}", source=where.source
+            ) from exc
+
+    def _html_to_text(self, html: str) -> str:
+        # Links come out as "[text](url)", so the unsubscribe URL survives in the text part.
+        return str(get_text(html, self._text_config)).strip() if html.strip() else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One template of a step: a file (`name`) or a subject string, and where its errors point."""
+
+    env: Environment
+    name: str | None
+    subject: str | None
+    where: _Where
+
+
+def one_line(text: str) -> str:
+    """Collapse every run of whitespace and control characters to one space, so a subject is one line."""
+    return _LINE_BREAKS.sub(" ", text).strip()
+
+
+def _environment(loader: FileSystemLoader, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        loader=loader,
+        autoescape=autoescape,
+        undefined=StrictUndefined,  # a typo such as `lead.frist_name` fails instead of printing nothing
+        finalize=_blank_none,
+        auto_reload=False,  # templates are read once per process; no stat() per render
+    )
+
+
+def _blank_none(value: Any) -> Any:
+    # Unknown lead fields are None in the context; a customer should never read "Hello None".
+    return "" if value is None else value
+
+
+def _render(template: Template, context: Mapping[str, Any], where: _Where) -> str:
+    try:
+        return template.render(context)
+    except _RENDER_ERRORS as exc:
+        raise _translate(exc, where) from exc
+
+
+def _translate(exc: BaseException, where: _Where) -> TemplateError:
+    """Turn a Jinja2 (or template code) error into a `TemplateError` at the template file and line."""
+    filename, line = _location(exc)
+    reason = _reason(exc)
+    if filename is None or filename == "<template>":  # a subject, compiled from a string
+        return TemplateError(f"{where.prefix}{reason}", source=where.source, line=where.line)
+    return TemplateError(reason, source=filename, line=line)
+
+
+def _location(exc: BaseException) -> tuple[str | None, int | None]:
+    if isinstance(exc, TemplateSyntaxError):
+        return exc.filename, exc.lineno
+    found: tuple[str | None, int | None] = (None, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        # Jinja rewrites the frames of template code to point at the template's file and line; the last
+        # one is where it failed (inside an included template, if any).
+        if "__jinja_exception__" in tb.tb_frame.f_globals:
+            found = (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TemplateSyntaxError):
+        return f"syntax error: {exc.message}"
+    if isinstance(exc, TemplateNotFound):
+        return f"template {exc.name!r} not found"
+    if isinstance(exc, SecurityError):
+        return f"unsafe: {exc.message}"
+    if isinstance(exc, UndefinedError):
+        return f"undefined: {exc.message}"
+    if isinstance(exc, JinjaTemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,230 @@
+"""load_catalog: campaigns, templates and reps read from disk, with every error reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nurture.catalog import Catalog, load_catalog
+from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, Rep, template_context
+from nurture.errors import ConfigErrors
+
+TEMPLATE = '<p>Hi {{ lead.first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+REPS = """\
+- email: Sam.Rivera@Example.com
+  name: Sam Rivera
+  title: Account Executive
+- {email: kim@example.com, name: Kim Lee, phone: 0912345678}
+"""
+
+
+def campaign_yaml(campaign_id: str, *, priority: int = 100, template: str = "shared/hello.html.j2") -> str:
+    return f"""\
+id: {campaign_id}
+name: Campaign {campaign_id}
+priority: {priority}
+sender: {{from: "Acme <growth@acme.example>"}}
+steps:
+  - {{id: hello, day: 0, subject: "Hi {{{{ lead.first_name }}}}", template: {template}}}
+"""
+
+
+Load = Callable[..., Catalog]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "templates" / "shared").mkdir(parents=True)
+    (tmp_path / "templates" / "shared" / "hello.html.j2").write_text(TEMPLATE, encoding="utf-8")
+    return tmp_path
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(root: Path, *, reps: str | None = "reps.yaml") -> Catalog:
+    return load_catalog(
+        campaigns_dir=root / "campaigns",
+        templates_dir=root / "templates",
+        reps_file=root / reps if reps else None,
+    )
+
+
+def errors_of(root: Path, **kwargs: str | None) -> list[tuple[str, int | None, str]]:
+    with pytest.raises(ConfigErrors) as info:
+        load(root, **kwargs)
+    return [(Path(e.source).name, e.line, e.reason) for e in info.value.errors]
+
+
+def test_load_catalog_loads_campaigns_and_orders_them_by_priority_then_id(root: Path) -> None:
+    write(root, "campaigns/b.yaml", campaign_yaml("bravo", priority=10))
+    write(root, "campaigns/a.yml", campaign_yaml("alpha", priority=20))
+    write(root, "campaigns/c.yaml", campaign_yaml("charlie", priority=10))
+
+    catalog = load(root)
+
+    assert [c.id for c in catalog.ordered()] == ["bravo", "charlie", "alpha"]
+    assert catalog.campaigns["alpha"].source == str(root / "campaigns" / "a.yml")
+    assert catalog.templates_dir == root / "templates"
+
+
+def test_load_catalog_reads_only_yaml_files_at_the_top_of_the_campaigns_folder(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(root, "campaigns/tests/spec.yaml", "not: a campaign\n")
+    write(root, "campaigns/README.md", "# campaigns\n")
+    write(root, "campaigns/.#a.yaml", "editor lock file\n")
+
+    assert list(load(root).campaigns) == ["alpha"]
+
+
+def test_load_catalog_reads_reps_keyed_by_normalised_email(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(root, "reps.yaml", REPS)
+
+    reps = load(root).reps
+
+    assert reps == {
+        "sam.rivera@example.com": Rep(
+            email="sam.rivera@example.com", name="Sam Rivera", title="Account Executive"
+        ),
+        "kim@example.com": Rep(email="kim@example.com", name="Kim Lee", phone="0912345678"),
+    }
+
+
+@pytest.mark.parametrize("reps", ["missing.yaml", None])
+def test_load_catalog_treats_a_missing_reps_file_as_no_reps(root: Path, reps: str | None) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+
+    assert load(root, reps=reps).reps == {}
+
+
+def test_load_catalog_reports_bad_rep_entries_with_their_lines(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(
+        root,
+        "reps.yaml",
+        REPS
+        + "- {email: not-an-address, name: X}\n"
+        + "- {email: kim@EXAMPLE.com, name: Kim Again}\n"
+        + "- email: lee@example.com\n"
+        + "- {email: a@example.com, name: A, team: west}\n"
+        + '- {email: b@example.com, name: "B\\nBcc: x"}\n'
+        + "- just a name\n",
+    )
+
+    errors = errors_of(root)
+
+    assert [(line, reason.split(" (")[0].split(":")[0]) for _, line, reason in errors] == [
+        (5, "email"),
+        (6, "duplicate rep 'kim@example.com'"),
+        (7, "missing required key 'name'"),
+        (8, "unknown key 'team'"),
+        (9, "name"),
+        (10, "a rep is a mapping such as {email"),
+    ]
+    assert "first at line 4" in errors[1][2]
+    assert "must be on one line" in errors[4][2]
+
+
+def test_load_catalog_reports_a_reps_file_that_is_not_a_list(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(root, "reps.yaml", "# reps\nsam@example.com: Sam\n")
+
+    assert errors_of(root) == [
+        ("reps.yaml", 2, "the reps file is a list of entries such as `- {email: ..., name: ...}`")
+    ]
+
+
+def test_load_catalog_reports_two_campaigns_with_the_same_id_naming_both_files(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(root, "campaigns/b.yaml", "# copied from a.yaml\n" + campaign_yaml("alpha"))
+
+    errors = errors_of(root)
+
+    assert errors == [
+        ("b.yaml", 2, f"duplicate campaign id 'alpha': {root / 'campaigns' / 'a.yaml'} already defines it")
+    ]
+
+
+def test_load_catalog_reports_a_missing_campaigns_folder(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path)
+
+    assert errors == [("campaigns", None, "campaigns folder not found")]
+
+
+def test_load_catalog_reports_a_missing_templates_folder(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+
+    with pytest.raises(ConfigErrors, match="templates folder not found"):
+        load_catalog(campaigns_dir=root / "campaigns", templates_dir=root / "nowhere", reps_file=None)
+
+
+def test_load_catalog_reports_a_campaign_file_that_is_not_utf8(root: Path) -> None:
+    (root / "campaigns" / "a.yaml").write_bytes(b"id: caf\xe9\n")
+
+    [(name, line, reason)] = errors_of(root)
+
+    assert (name, line) == ("a.yaml", None)
+    assert reason.startswith("not UTF-8 text")
+
+
+def test_load_catalog_reports_every_error_from_every_file_at_once_sorted_by_file_and_line(root: Path) -> None:
+    # Given a bad campaign file, a template with a typo, a missing template and a bad rep
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha").replace("priority: 100", "priority: high"))
+    write(root, "campaigns/b.yaml", campaign_yaml("bravo", template="bravo/typo.html.j2"))
+    write(root, "campaigns/c.yaml", campaign_yaml("charlie", template="charlie/missing.html.j2"))
+    write(root, "templates/bravo/typo.html.j2", "<p>Hi</p>\n<p>{{ lead.frist_name }}</p>\n")
+    write(root, "reps.yaml", "- {email: nobody}\n")
+
+    # When the catalog loads
+    with pytest.raises(ConfigErrors) as info:
+        load(root)
+
+    # Then every problem is in one error, sorted by file and line
+    found = [(e.source, e.line) for e in info.value.errors]
+    assert found == [
+        (str(root / "campaigns" / "a.yaml"), 3),
+        (str(root / "campaigns" / "c.yaml"), 6),
+        (str(root / "reps.yaml"), 1),
+        (str(root / "templates" / "bravo" / "typo.html.j2"), 2),
+    ]
+    assert (
+        str(info.value)
+        .splitlines()[3]
+        .endswith("typo.html.j2:2: undefined: 'dict object' has no attribute 'frist_name'")
+    )
+
+
+def test_load_catalog_reports_a_template_shared_by_two_campaigns_once(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha", template="shared/bad.html.j2"))
+    write(root, "campaigns/b.yaml", campaign_yaml("bravo", template="shared/bad.html.j2"))
+    write(root, "templates/shared/bad.html.j2", "{{ nope }}")
+
+    assert len(errors_of(root)) == 1
+
+
+def test_catalog_renderer_is_built_once_and_renders_a_step(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    catalog = load(root)
+    campaign = catalog.campaigns["alpha"]
+    context = template_context(
+        SAMPLE_LEAD,
+        owner=SAMPLE_REP,
+        campaign=campaign,
+        step=campaign.steps[0],
+        unsubscribe_url="https://t.example/u/x",
+        postal_address="Acme",
+    )
+
+    email = catalog.renderer().render_step("alpha", "hello", context)
+
+    assert catalog.renderer() is catalog.renderer()
+    assert email.subject == "Hi Mei"
+    assert "https://t.example/u/x" in email.text
