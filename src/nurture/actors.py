@@ -46,7 +46,6 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
     # Transient SMTP failures are rescheduled in the database (see flows.deliver); Dramatiq's own retries only
     # cover the unexpected, such as the database being briefly unreachable.
     send = dramatiq.actor(
-        send_delivery,
         broker=broker,
         actor_name="send_delivery",
         queue_name=DELIVERIES_QUEUE,
@@ -54,5 +53,5 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         min_backoff=1_000,
         max_backoff=60_000,
         time_limit=120_000,
-    )
+    )(send_delivery)
     return Actors(broker=broker, send_delivery=send)

@@ -24,7 +24,7 @@ from nurture.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class RuntimeMiddleware(Middleware):  # type: ignore[misc]
+class RuntimeMiddleware(Middleware):
     """Opens the runtime when a worker boots and closes it, on the worker's event loop, when it stops."""
 
     def __init__(self, factory: Callable[[], Runtime]) -> None:
@@ -50,7 +50,7 @@ def setup_broker(settings: Settings, runtime_factory: Callable[[], Runtime]) -> 
     """Build the broker for `settings`, add the middleware, and make it Dramatiq's global broker."""
     broker: dramatiq.Broker
     if settings.redis_url:
-        broker = RedisBroker(url=settings.redis_url)
+        broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
     else:
         broker = StubBroker()
         broker.emit_after("process_boot")

@@ -8,6 +8,7 @@
   + SendError              raised by transports only
     - TransientSendError   4xx, timeout, disconnect: retried with backoff
     - PermanentSendError   5xx: recorded, address suppressed, never retried
+    - SendOutcomeUnknownError  the connection failed after DATA began: marked unknown, never re-sent
   + HeaderInjectionError   a header value would carry CR/LF or another line break
   + TrackingTokenError     forged or expired tracking token
 """
@@ -63,6 +64,10 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """The server refused for good (SMTP 5xx): never retry."""
+
+
+class SendOutcomeUnknownError(SendError):
+    """The server may or may not have accepted the message (timeout or disconnect after DATA began)."""
 
 
 class HeaderInjectionError(NurtureError):

@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 from nurture.catalog import Catalog
 from nurture.db.engine import Database
+from nurture.db.queries.deliveries import start_sending
 from nurture.db.queries.tables import deliveries, enrollments, leads, touchpoints
-from nurture.errors import PermanentSendError, TransientSendError
+from nurture.errors import PermanentSendError, SendOutcomeUnknownError, TransientSendError
 from nurture.flows.deliver import Mailer, Outcome, deliver
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
@@ -102,7 +103,8 @@ async def test_deliver_sends_once_with_contract_headers_and_records_a_touchpoint
     [sent] = transport.sent
     msg = email.message_from_bytes(sent.data, policy=policy.default)
     assert isinstance(msg, EmailMessage)
-    assert msg["X-Nurture-Campaign"] == "saas-nurture" and msg["X-Nurture-Step"] == "welcome"
+    assert msg["X-Nurture-Campaign"] == "saas-nurture"
+    assert msg["X-Nurture-Step"] == "welcome"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["List-Unsubscribe"].startswith("<https://track.example.com/u/")
     assert msg["Reply-To"] == "lin.chen@acmeflow.example"
@@ -124,7 +126,8 @@ async def test_a_transient_failure_is_retried_later_with_the_same_message_id(
     assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10 + timedelta(seconds=30)) == []
     assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10 + timedelta(minutes=2)) == [Outcome.SENT]
     [row] = await _rows(db, select(deliveries).where(deliveries.c.status == "sent"))
-    assert row["attempts"] == 2 and row["message_id"] == transport.sent[0].message_id
+    assert row["attempts"] == 2
+    assert row["message_id"] == transport.sent[0].message_id
 
 
 async def test_retries_are_bounded_and_end_failed(
@@ -148,7 +151,8 @@ async def test_a_permanent_failure_suppresses_the_lead_and_stops_every_later_ste
     transport.fail_next(PermanentSendError("SMTP 550: no such user"))
     assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10) == [Outcome.BOUNCED]
     [lead] = await _rows(db, select(leads))
-    assert lead["suppressed"] and lead["suppressed_reason"].startswith("bounced: SMTP 550")
+    assert lead["suppressed"]
+    assert lead["suppressed_reason"].startswith("bounced: SMTP 550")
     statuses = {d["status"] for d in await _rows(db, select(deliveries))}
     assert statuses == {"failed", "cancelled"}
     assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10 + timedelta(days=30)) == []
@@ -202,3 +206,38 @@ async def test_a_delivery_dispatched_after_its_window_closed_waits_for_the_next_
     # Then it goes out when the window opens
     assert await _send_all_due(db, mailer, row["due_at"]) == [Outcome.SENT]
     assert len(transport.sent) == 1
+
+
+async def test_a_send_whose_outcome_is_unknown_is_reported_and_never_sent_again(
+    db: Database, catalog: Catalog, mailer: Mailer, transport: RecordingTransport
+) -> None:
+    await import_leads(db, LEADS[:1], now=MONDAY_TAIPEI_10)
+    await enroll(db, catalog, MONDAY_TAIPEI_10)
+    transport.fail_next(SendOutcomeUnknownError("SMTPServerDisconnected after DATA began"))
+    assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10) == [Outcome.UNKNOWN]
+    # Later ticks send the later steps but never the welcome again.
+    for day in range(1, 4):
+        await _send_all_due(db, mailer, MONDAY_TAIPEI_10 + timedelta(days=day))
+    [welcome] = await _rows(db, select(deliveries).where(deliveries.c.step_id == "welcome"))
+    assert welcome["status"] == "unknown"
+    assert all(b"X-Nurture-Step: welcome\r\n" not in m.data for m in transport.sent)
+    kinds = [t["kind"] for t in await _rows(db, select(touchpoints).order_by(touchpoints.c.id))]
+    assert kinds.count("email_unknown") == 1
+
+
+async def test_a_worker_that_died_mid_send_leaves_the_delivery_unknown_not_resent(
+    db: Database, catalog: Catalog, mailer: Mailer, transport: RecordingTransport
+) -> None:
+    # Given a delivery a worker moved to `sending` and then died on (it never recorded an outcome)
+    await import_leads(db, LEADS[:1], now=MONDAY_TAIPEI_10)
+    await enroll(db, catalog, MONDAY_TAIPEI_10)
+    [delivery_id] = (await dispatch(db, MONDAY_TAIPEI_10, lease=LEASE, limit=10, stale_after=STALE)).claimed
+    async with db.transaction() as conn:
+        assert await start_sending(conn, delivery_id, now=MONDAY_TAIPEI_10) is not None
+    # When dispatch runs after the stale limit, the delivery is reported unknown and not claimed again
+    result = await dispatch(db, MONDAY_TAIPEI_10 + LEASE + STALE, lease=LEASE, limit=10, stale_after=STALE)
+    assert (result.unknown, result.claimed) == ([delivery_id], [])
+    assert (
+        await deliver(delivery_id, db=db, mailer=mailer, now=MONDAY_TAIPEI_10 + LEASE) is Outcome.NOT_CLAIMED
+    )
+    assert transport.sent == []

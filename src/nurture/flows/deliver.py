@@ -29,13 +29,20 @@ from nurture.db.queries.deliveries import (
     record_failed,
     record_held,
     record_sent,
+    record_unknown,
     release_delivery,
     reschedule_delivery,
     start_sending,
 )
 from nurture.db.queries.enrollment import end_enrollment
 from nurture.db.queries.leads import suppress_lead
-from nurture.errors import HeaderInjectionError, PermanentSendError, TemplateError, TransientSendError
+from nurture.errors import (
+    HeaderInjectionError,
+    PermanentSendError,
+    SendOutcomeUnknownError,
+    TemplateError,
+    TransientSendError,
+)
 from nurture.ports import OutgoingEmail, Renderer, Transport
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class Outcome(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     BOUNCED = "bounced"
+    UNKNOWN = "unknown"  # the server may have it: reported, never re-sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,12 @@ async def _send(db: Database, job: SendJob, message: OutgoingEmail, mailer: Mail
             "delivery deferred delivery_id=%s attempt=%d error=%s", job.delivery_id, job.attempts, exc
         )
         return Outcome.RETRY
+    except SendOutcomeUnknownError as exc:
+        async with db.transaction() as conn:
+            await record_unknown(conn, job, error=str(exc), now=now)
+            await _complete_if_done(conn, job, now)
+        log.error("delivery outcome unknown delivery_id=%s error=%s: not re-sent", job.delivery_id, exc)
+        return Outcome.UNKNOWN
     except PermanentSendError as exc:
         async with db.transaction() as conn:
             await record_failed(conn, job, error=str(exc), now=now)
@@ -178,4 +192,4 @@ async def _complete_if_done(conn: AsyncConnection, job: SendJob, now: datetime) 
 
 def retry_delay(attempts: int, base: timedelta) -> timedelta:
     """Exponential backoff: base, 2x, 4x, ... capped at one hour."""
-    return min(base * 2 ** max(attempts - 1, 0), timedelta(hours=1))
+    return min(base * (1 << min(max(attempts - 1, 0), 20)), timedelta(hours=1))

@@ -166,6 +166,21 @@ async def record_failed(conn: AsyncConnection, job: SendJob, *, error: str, now:
     )
 
 
+async def record_unknown(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
+    """The server may or may not have the message: report it, never re-send it automatically."""
+    await _finish(conn, job.delivery_id, status="unknown", last_error=error)
+    await append_touchpoint(
+        conn,
+        lead_id=job.lead.id,
+        kind="email_unknown",
+        occurred_at=now,
+        campaign_id=job.campaign_id,
+        step_id=job.step_id,
+        delivery_id=job.delivery_id,
+        detail={"error": error},
+    )
+
+
 async def record_held(conn: AsyncConnection, job: SendJob, *, status: str, reason: str) -> None:
     """The delivery will not go out (`skipped` or `cancelled`) for `reason`."""
     await _finish(conn, job.delivery_id, status=status, last_error=reason)
@@ -239,7 +254,7 @@ async def append_touchpoint(
 async def append_touchpoints(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Append many touchpoints at once (keys as in `append_touchpoint`)."""
     if rows:
-        defaults = {
+        defaults: dict[str, Any] = {
             "campaign_id": None,
             "step_id": None,
             "delivery_id": None,
