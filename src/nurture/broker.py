@@ -36,7 +36,8 @@ class RuntimeMiddleware(Middleware):
             raise RuntimeError("no runtime: the worker has not booted")
         return self._runtime
 
-    def after_worker_boot(self, _broker: Any, _worker: Any) -> None:
+    def before_worker_boot(self, _broker: Any, _worker: Any) -> None:
+        # Before the worker threads start consuming; nothing connects until first use, so no loop is needed.
         self._runtime = self._factory()
 
     def before_worker_shutdown(self, _broker: Any, _worker: Any) -> None:

@@ -36,7 +36,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 leads_app = typer.Typer(no_args_is_help=True, help="Leads in and out.")
 app.add_typer(db_app, name="db")
 app.add_typer(leads_app, name="leads")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Format(StrEnum):

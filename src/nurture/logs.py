@@ -34,5 +34,5 @@ def configure_logging(*, fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Dramatiq and APScheduler are chatty at INFO about their own lifecycle.
-    for noisy in ("dramatiq", "apscheduler"):
+    for noisy in ("dramatiq", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
