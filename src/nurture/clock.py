@@ -40,7 +40,7 @@ class FrozenClock:
 
 
 class FileClock:
-    """Reads "now" (ISO-8601) from a file, re-reading it only when the file changes.
+    """Reads "now" (ISO-8601) from a file at every call.
 
     Used for staging runs and tests in which a scheduler and separate worker processes must agree on a
     simulated time (`NURTURE_CLOCK_FILE`).
@@ -48,16 +48,9 @@ class FileClock:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._stamp: tuple[int, int] | None = None
-        self._at = datetime.now(UTC)
 
     def now(self) -> datetime:
-        stat = os.stat(self._path)
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._at = parse_instant(self._path.read_text(encoding="utf-8").strip())
-            self._stamp = stamp
-        return self._at
+        return parse_instant(self._path.read_text(encoding="utf-8").strip())
 
     @staticmethod
     def write(path: Path, at: datetime) -> None:

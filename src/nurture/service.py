@@ -58,15 +58,19 @@ def drain(service: Service, threads: int) -> None:
     """Run the queued work in-process until every queue is empty (blocking)."""
     worker = start_worker(service, threads)
     try:
-        broker = service.actors.broker
-        for queue in service.actors.queues:
-            if isinstance(broker, StubBroker):  # in-process: a failed message must not stop the drain
-                broker.join(queue, fail_fast=False)
-            else:
-                broker.join(queue)
-        worker.join()
+        wait_until_drained(service.actors, worker)
     finally:
         worker.stop(timeout=WORKER_STOP_TIMEOUT_MS)
+
+
+def wait_until_drained(actors: Actors, worker: Worker) -> None:
+    """Block until every queue is empty and `worker` has finished what it took."""
+    for queue in actors.queues:
+        if isinstance(actors.broker, StubBroker):  # in-process: a failed message must not stop the drain
+            actors.broker.join(queue, fail_fast=False)
+        else:
+            actors.broker.join(queue)
+    worker.join()
 
 
 async def run_tick(settings: Settings, *, clock: Clock, drain_queue: bool) -> TickResult:
