@@ -46,9 +46,9 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _settings(env: dict[str, str]) -> Settings:
-    return Settings(
-        **{k.removeprefix("NURTURE_").lower(): v for k, v in env.items() if k.startswith("NURTURE_")}
-    )
+    # Validated from the given values only: nothing leaks in from this machine's environment or .env.
+    fields = {k.removeprefix("NURTURE_").lower(): v for k, v in env.items() if k.startswith("NURTURE_")}
+    return Settings.model_validate(fields)
 
 
 @pytest.fixture
