@@ -12,24 +12,10 @@ from types import MappingProxyType
 from typing import Any
 
 from nurture.core.campaign import Campaign, Step
+from nurture.core.lead import PROFILE_FIELDS
 
 # Fields of a lead that templates see (besides `tags`); all present, None when unknown.
-LEAD_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "company",
-    "title",
-    "industry",
-    "company_size",
-    "country",
-    "timezone",
-    "phone",
-    "owner",
-    "grade",
-    "stage",
-    "score",
-)
+LEAD_FIELDS = ("email", *PROFILE_FIELDS, "grade", "stage", "score")
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,41 @@ async def record_sent(
     now: datetime,
     kind: str = "email_sent",
 ) -> None:
-    await _finish(conn, job.delivery_id, status="sent", message_id=message_id, sent_at=now, last_error=None)
+    await _record_outcome(
+        conn,
+        job,
+        status="sent",
+        kind=kind,
+        now=now,
+        detail={"response": response},
+        message_id=message_id,
+        sent_at=now,
+        last_error=None,
+    )
+
+
+async def record_failed(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
+    await _record_outcome(conn, job, status="failed", kind="email_failed", now=now, detail={"error": error})
+
+
+async def record_unknown(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
+    """The server may or may not have the message: report it, never re-send it automatically."""
+    await _record_outcome(conn, job, status="unknown", kind="email_unknown", now=now, detail={"error": error})
+
+
+async def _record_outcome(
+    conn: AsyncConnection,
+    job: SendJob,
+    *,
+    status: str,
+    kind: str,
+    now: datetime,
+    detail: dict[str, Any],
+    **values: Any,
+) -> None:
+    """Put the delivery in its final `status` and append the matching touchpoint to the lead's timeline."""
+    values.setdefault("last_error", detail.get("error"))
+    await _finish(conn, job.delivery_id, status=status, **values)
     await append_touchpoint(
         conn,
         lead_id=job.lead.id,
@@ -147,37 +181,8 @@ async def record_sent(
         campaign_id=job.campaign_id,
         step_id=job.step_id,
         delivery_id=job.delivery_id,
-        message_id=message_id,
-        detail={"response": response},
-    )
-
-
-async def record_failed(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
-    await _finish(conn, job.delivery_id, status="failed", last_error=error)
-    await append_touchpoint(
-        conn,
-        lead_id=job.lead.id,
-        kind="email_failed",
-        occurred_at=now,
-        campaign_id=job.campaign_id,
-        step_id=job.step_id,
-        delivery_id=job.delivery_id,
-        detail={"error": error},
-    )
-
-
-async def record_unknown(conn: AsyncConnection, job: SendJob, *, error: str, now: datetime) -> None:
-    """The server may or may not have the message: report it, never re-send it automatically."""
-    await _finish(conn, job.delivery_id, status="unknown", last_error=error)
-    await append_touchpoint(
-        conn,
-        lead_id=job.lead.id,
-        kind="email_unknown",
-        occurred_at=now,
-        campaign_id=job.campaign_id,
-        step_id=job.step_id,
-        delivery_id=job.delivery_id,
-        detail={"error": error},
+        message_id=values.get("message_id"),
+        detail=detail,
     )
 
 
