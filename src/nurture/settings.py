@@ -6,7 +6,9 @@ Unset means the embedded default: a SQLite file and an outbox folder under `./va
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
                 "NURTURE_SECRET_KEY must be set (16+ characters) when PostgreSQL or Redis is configured"
             )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry passwords: show them redacted wherever settings are printed or logged.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in ("database_url", "redis_url") and value else value
 
     @property
     def is_embedded(self) -> bool:
