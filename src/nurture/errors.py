@@ -4,6 +4,7 @@
   + ConfigError            campaigns/, templates/, reps or settings are wrong; carries source and line
     - CampaignError
     - TemplateError
+  + DatabaseUnavailableError  the database cannot be reached (URL shown without its password)
   + InputError             a rejected lead row or API payload; carries row or field
   + SendError              raised by transports only
     - TransientSendError   4xx, timeout, disconnect: retried with backoff
@@ -42,6 +43,10 @@ class ConfigErrors(NurtureError):
     def __init__(self, errors: list[ConfigError]) -> None:
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
+
+
+class DatabaseUnavailableError(NurtureError):
+    """The database refused or did not answer a connection."""
 
 
 class InputError(NurtureError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.errors import ConfigError
@@ -81,8 +81,8 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; a bad value becomes a `ConfigError` naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(_first_line(exc), source="environment") from exc
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc), source="environment") from None  # the cause would show the values
 
 
 def redact_url(url: str) -> str:
@@ -94,6 +94,11 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _first_line(exc: ValueError) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+def _describe(exc: ValidationError) -> str:
+    """Name each bad variable and what is wrong with it, never its value (it may be a password)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        where = f"NURTURE_{field.upper()}: " if field else ""
+        problems.append(where + error["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)

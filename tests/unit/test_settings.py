@@ -33,8 +33,11 @@ def test_load_settings_reports_a_bad_value_as_a_config_error_naming_the_variable
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("NURTURE_WORKER_THREADS", "many")
-    with pytest.raises(ConfigError, match="worker_threads"):
+    with pytest.raises(
+        ConfigError, match="NURTURE_WORKER_THREADS: Input should be a valid integer"
+    ) as caught:
         load_settings()
+    assert "many" not in str(caught.value)  # values are never echoed: they may be passwords
 
 
 def test_redact_url_hides_the_password_and_keeps_the_rest() -> None:

@@ -14,7 +14,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from nurture.errors import DatabaseUnavailableError
+from nurture.settings import redact_url
 
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -44,9 +48,20 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Open a connection in a transaction that commits on exit and rolls back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
+        """Open a connection in a transaction that commits on exit and rolls back on error.
+
+        Raises `DatabaseUnavailableError` when no connection can be made.
+        """
+        try:
+            conn = await self.engine.connect()
+        except (DBAPIError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise DatabaseUnavailableError(f"cannot connect to {redact_url(self.url)}: {reason}") from exc
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            await conn.close()
 
     async def aclose(self) -> None:
         await self.engine.dispose()

@@ -36,6 +36,24 @@ class SendJob:
     profile: LeadProfile
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryRef:
+    """Which campaign step a delivery belongs to."""
+
+    delivery_id: int
+    campaign_id: str
+    step_id: str
+
+
+async def fetch_delivery_of_lead(conn: AsyncConnection, delivery_id: int, lead_id: int) -> DeliveryRef | None:
+    """The delivery `delivery_id` if it is one of `lead_id`'s, else None."""
+    stmt = select(deliveries.c.id, deliveries.c.campaign_id, deliveries.c.step_id).where(
+        deliveries.c.id == delivery_id, deliveries.c.lead_id == lead_id
+    )
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else DeliveryRef(row.id, row.campaign_id, row.step_id)
+
+
 async def claim_due_deliveries(
     conn: AsyncConnection, *, now: datetime, lease: timedelta, limit: int
 ) -> list[int]:

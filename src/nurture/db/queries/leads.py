@@ -99,3 +99,17 @@ async def suppress_lead(conn: AsyncConnection, lead_id: int, *, reason: str, now
 
 async def count_leads(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(leads))).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    suppressed: bool
+    reason: str | None
+
+
+async def lock_lead_suppression(conn: AsyncConnection, lead_id: int) -> Suppression | None:
+    """Read a lead's suppression and hold its row until commit, so two concurrent changes of one lead run one
+    after the other (on SQLite, BEGIN IMMEDIATE already serialises writers); None for an unknown lead."""
+    stmt = select(leads.c.suppressed, leads.c.suppressed_reason).where(leads.c.id == lead_id)
+    row = (await conn.execute(stmt.with_for_update())).first()
+    return None if row is None else Suppression(bool(row.suppressed), row.suppressed_reason)
