@@ -30,6 +30,7 @@ from nurture.logs import configure_logging
 from nurture.runtime import build_clock
 from nurture.service import run_forever, run_tick
 from nurture.settings import Settings, load_settings
+from nurture.web.server import WebAddress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Campaigns-as-code B2B lead nurturing.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -65,17 +66,16 @@ def _settings() -> Settings:
     return settings
 
 
+Host = Annotated[str, typer.Option(help="Address the tracking web listens on.")]
+Port = Annotated[int, typer.Option(help="Port the tracking web listens on.", min=1, max=65535)]
+
+
 @app.command()
-def run(
-    host: Annotated[
-        str, typer.Option(help="Tracking web address (served once the web app is enabled).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Tracking web port.")] = 8000,
-) -> None:
+def run(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run everything in one process: scheduler, worker threads, tracking web."""
-    del host, port  # the tracking web joins this process when it exists
     with _reported():
-        asyncio.run(run_forever(_settings(), with_scheduler=True, with_worker=True))
+        web = WebAddress(host, port)
+        asyncio.run(run_forever(_settings(), with_scheduler=True, with_worker=True, web=web))
 
 
 @app.command()
@@ -92,6 +92,14 @@ def worker() -> None:
     with _reported():
         settings = _require_broker(_settings(), "worker")
         asyncio.run(run_forever(settings, with_scheduler=False, with_worker=True))
+
+
+@app.command("web")
+def web_command(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run the tracking web: one-click unsubscribe and the health check (GET /healthz)."""
+    with _reported():
+        web = WebAddress(host, port)
+        asyncio.run(run_forever(_settings(), with_scheduler=False, with_worker=False, web=web))
 
 
 @app.command()
@@ -153,12 +161,18 @@ def validate(
     """Check campaigns, templates and the reps file; report every problem as file:line: message."""
     with _reported():
         settings = _settings()
-        root = directory or Path()
-        catalog = load_catalog(
-            campaigns_dir=root / settings.campaigns_dir if directory else settings.campaigns_dir,
-            templates_dir=root / settings.templates_dir if directory else settings.templates_dir,
-            reps_file=root / settings.reps_file if directory else settings.reps_file,
-        )
+        if directory is None:
+            catalog = load_catalog(
+                campaigns_dir=settings.campaigns_dir,
+                templates_dir=settings.templates_dir,
+                reps_file=settings.reps_file,
+            )
+        else:  # a project folder laid out like this repository
+            catalog = load_catalog(
+                campaigns_dir=directory / "campaigns",
+                templates_dir=directory / "templates",
+                reps_file=directory / "reps.yaml",
+            )
         steps = sum(len(c.steps) for c in catalog.campaigns.values())
         typer.echo(f"ok: {len(catalog.campaigns)} campaign(s), {steps} step(s), {len(catalog.reps)} rep(s)")
 
@@ -190,21 +204,28 @@ async def _import(settings: Settings, file: Path) -> ImportReport:
     try:
         if settings.is_embedded:
             await upgrade(db)
-        total = _count_rows(file)
+        total = _count_rows(file)  # also refuses a file that is not UTF-8, before anything goes in
         with file.open(newline="", encoding="utf-8-sig") as handle, _progress(total) as advance:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
                 raise NurtureError(f"{file}:1: the header has no `email` column")
             return await import_leads(db, reader, now=datetime.now(UTC), on_progress=advance)
-    except UnicodeDecodeError as exc:
-        raise NurtureError(f"{file}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     finally:
         await db.aclose()
 
 
 def _count_rows(file: Path) -> int:
+    """Count the data lines, checking on the way that every line is UTF-8."""
+    lines = 0
     with file.open("rb") as handle:
-        return max(sum(1 for _ in handle) - 1, 0)
+        for lines, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise NurtureError(
+                    f"{file}:{lines}: not UTF-8 ({exc.reason} at column {exc.start + 1}); nothing imported"
+                ) from None
+    return max(lines - 1, 0)
 
 
 @contextmanager

@@ -1,7 +1,7 @@
-"""Process shapes: everything in one process (`run`), a scheduler, a worker, or a single tick.
+"""Process shapes: everything in one process (`run`), a scheduler, a worker, the web, or a single tick.
 
 Each builds the runtime, the broker and its actors, starts what it needs and stops it cleanly on SIGINT or
-SIGTERM: a worker finishes the messages it holds before it exits.
+SIGTERM: a worker finishes the messages it holds before it exits, the web the requests it is answering.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import uvicorn
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
@@ -20,9 +21,11 @@ from nurture.broker import setup_broker
 from nurture.catalog import Catalog
 from nurture.clock import Clock
 from nurture.db.migrate import upgrade
+from nurture.errors import NurtureError
 from nurture.runtime import Runtime, build_runtime
 from nurture.scheduler import Scheduler, TickResult
 from nurture.settings import Settings
+from nurture.web.server import WebAddress, build_server
 
 log = logging.getLogger(__name__)
 
@@ -85,28 +88,49 @@ async def run_tick(settings: Settings, *, clock: Clock, drain_queue: bool) -> Ti
         await service.runtime.aclose()
 
 
-async def run_forever(settings: Settings, *, with_scheduler: bool, with_worker: bool) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def run_forever(
+    settings: Settings, *, with_scheduler: bool, with_worker: bool, web: WebAddress | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, or until the tracking web (when `web` is given) stops on its own."""
     service = await open_service(settings)
+    stop = asyncio.Event()
+    server = build_server(service.runtime, web) if web is not None else None
+    web_task = asyncio.create_task(_serve_web(server, stop)) if server is not None else None
     worker = start_worker(service, settings.worker_threads) if with_worker else None
     scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries) if with_scheduler else None
     jobs = scheduler.start() if scheduler else None
-    log.info("started scheduler=%s worker=%s", with_scheduler, with_worker)
+    log.info("started scheduler=%s worker=%s web=%s", with_scheduler, with_worker, web)
     try:
-        await _until_signalled()
+        await _until_signalled(stop)
     finally:
         log.info("stopping")
+        if server is not None:
+            server.should_exit = True
         if jobs is not None:
             jobs.shutdown(wait=False)
         if scheduler is not None:
             await scheduler.resign()
         if worker is not None:
             await asyncio.to_thread(worker.stop, WORKER_STOP_TIMEOUT_MS)
+        if web_task is not None:
+            await asyncio.wait([web_task])  # its requests in flight finish before the database closes
         await service.runtime.aclose()
+    if web_task is not None:
+        web_task.result()  # a web that could not start fails the command
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
+async def _serve_web(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    """Serve until `server.should_exit`; the web stopping by itself stops the whole process."""
+    try:
+        await server.serve()
+    except SystemExit as exc:  # how uvicorn reports that it cannot listen (logged by uvicorn)
+        address = WebAddress(server.config.host, server.config.port)
+        raise NurtureError(f"the tracking web could not start on {address}") from exc
+    finally:
+        stop.set()
+
+
+async def _until_signalled(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

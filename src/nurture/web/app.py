@@ -1,0 +1,66 @@
+"""The tracking web as an ASGI app: `create_app(runtime)`.
+
+Every answer carries `Cache-Control: no-store` (an unsubscribe page must never be served from a cache) and a
+Content-Security-Policy that allows no script, no frame and no form target but ourselves.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nurture.runtime import Runtime
+from nurture.web.pages import CONTENT_SECURITY_POLICY, error_page, not_found_page
+from nurture.web.routes import routes
+
+SECURITY_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",  # the URL carries a token
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    """Build the tracking web on `runtime`; the caller owns the runtime and closes it."""
+    return Starlette(
+        routes=routes(runtime),
+        middleware=[Middleware(SecurityHeadersMiddleware)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+class SecurityHeadersMiddleware:
+    """Set SECURITY_HEADERS on every HTTP response the app sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _http_error(_request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods get a plain page instead of Starlette's bare text."""
+    assert isinstance(exc, HTTPException)
+    body = not_found_page() if exc.status_code == 404 else error_page(exc.status_code, exc.detail)
+    return HTMLResponse(body, status_code=exc.status_code, headers=exc.headers)
