@@ -20,7 +20,17 @@ from nurture.db.migrate import upgrade
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("NURTURE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NURTURE_TEST_REDIS", "redis://127.0.0.1:6379/15")
-TABLES = ("touchpoints", "events", "deliveries", "enrollments", "leads", "scheduler_leases", "catalog_state")
+TABLES = (
+    "touchpoints",
+    "events",
+    "alerts",
+    "deliveries",
+    "enrollments",
+    "leads",
+    "scheduler_leases",
+    "catalog_state",
+    "api_keys",
+)
 
 
 def require_service(url: str, name: str) -> None:

@@ -79,6 +79,7 @@ class Lead(Base):
     # Set when the lead changed (or the catalog did) and may now fit a campaign: the tick only looks at
     # these, so enrolling costs O(changed leads), not O(all leads).
     enroll_pending: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    score_updated_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -212,3 +213,46 @@ class CatalogState(Base):
 
     key: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class ApiKey(Base):
+    """A key for the HTTP API. Only its SHA-256 is kept; the prefix finds the row without a scan."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Alert(Base):
+    """A hot-lead alert for a rep: written when a lead turns hot, delivered (and retried) by the alert actor."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(40))  # mql | hot | moment:<name>
+    reason: Mapped[str] = mapped_column(Text)
+    score_before: Mapped[int] = mapped_column(Integer)
+    score_after: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        Index("ix_alerts_lead_time", "lead_id", "created_at"),
+        Index(
+            "ix_alerts_pending",
+            "created_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
