@@ -37,7 +37,7 @@ WORKDIR /app
 # resolve against this working directory. scoring.yaml* is copied when the repository has one.
 COPY campaigns/ campaigns/
 COPY templates/ templates/
-COPY reps.yaml scoring.yaml* ./
+COPY reps.yaml scoring.yaml ./
 # The embedded default writes its SQLite file, outbox and generated secret under ./var (NURTURE_DATA_DIR).
 RUN mkdir -p /app/var && chown nurture:nurture /app/var
 

@@ -1,4 +1,4 @@
-"""Load marketing's files (campaigns/, templates/ and the reps file) into checked core values.
+"""Load marketing's files (campaigns/, templates/, the scoring and reps files) into checked core values.
 
 The only reader of those folders. `load_catalog` reports every problem in every file at once, as
 `file:line: message`, so one `nurture validate` run shows all there is to fix.
@@ -6,6 +6,7 @@ The only reader of those folders. `load_catalog` reports every problem in every 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,20 +18,31 @@ import yaml
 from nurture.core.campaign import Campaign, parse_campaign
 from nurture.core.context import Rep
 from nurture.core.lead import normalise_email
+from nurture.core.scoring import DEFAULT_RULES, ScoringRules, parse_scoring
 from nurture.errors import CampaignError, ConfigError, ConfigErrors
 from nurture.render import TemplateRenderer
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
-_REP_KEYS = ("email", "name", "title", "phone")
+_REP_KEYS = ("email", "name", "title", "phone", "notify", "away")
+# Notification URLs are Apprise URLs, which have scores of schemes (mailto://, slack://, msteams://, ...):
+# only their shape is checked here; the alert sinks report one they cannot use.
+_NOTIFY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every campaign by id, every rep by normalised email, and the folder their templates live in."""
+    """Every campaign by id, every rep by normalised email (in file order), the folder the templates live
+    in, and the scoring rules."""
 
     campaigns: Mapping[str, Campaign]
     reps: Mapping[str, Rep]
     templates_dir: Path
+    scoring: ScoringRules = DEFAULT_RULES
+
+    def active_reps(self) -> tuple[Rep, ...]:
+        """The reps who take new leads (not away), in file order: the round-robin order of `assign_owner`."""
+        return tuple(rep for rep in self.reps.values() if rep.active)
 
     def ordered(self) -> tuple[Campaign, ...]:
         """The campaigns in the order a lead that fits several is offered them: priority, then id."""
@@ -45,8 +57,12 @@ class Catalog:
         return TemplateRenderer(self.templates_dir, self.campaigns)
 
 
-def load_catalog(*, campaigns_dir: Path, templates_dir: Path, reps_file: Path | None) -> Catalog:
-    """Read, parse and check every campaign file, its templates and the reps file.
+def load_catalog(
+    *, campaigns_dir: Path, templates_dir: Path, reps_file: Path | None, scoring_file: Path | None = None
+) -> Catalog:
+    """Read, parse and check every campaign file, its templates, the reps file and the scoring file.
+
+    A missing reps file means no reps; a missing (or no) scoring file means `DEFAULT_RULES`.
 
     Raises:
         ConfigErrors: every problem found, sorted by file and line.
@@ -55,8 +71,9 @@ def load_catalog(*, campaigns_dir: Path, templates_dir: Path, reps_file: Path | 
         raise ConfigErrors([CampaignError("campaigns folder not found", source=str(campaigns_dir))])
     campaigns, errors = _load_campaigns(campaigns_dir)
     reps, rep_errors = _load_reps(reps_file) if reps_file is not None else ({}, [])
-    errors += rep_errors
-    catalog = Catalog(MappingProxyType(campaigns), MappingProxyType(reps), templates_dir)
+    scoring, scoring_errors = _load_scoring(scoring_file)
+    errors += rep_errors + scoring_errors
+    catalog = Catalog(MappingProxyType(campaigns), MappingProxyType(reps), templates_dir, scoring)
     if not templates_dir.is_dir():
         errors.append(ConfigError("templates folder not found", source=str(templates_dir)))
     else:
@@ -104,8 +121,19 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot be read: {exc.strerror}", source=str(path)) from exc
 
 
+def _load_scoring(path: Path | None) -> tuple[ScoringRules, list[ConfigError]]:
+    if path is None or not path.exists():
+        return DEFAULT_RULES, []
+    try:
+        return parse_scoring(_read(path), source=str(path)), []
+    except ConfigError as exc:
+        return DEFAULT_RULES, [exc]
+    except ConfigErrors as exc:
+        return DEFAULT_RULES, list(exc.errors)
+
+
 def _load_reps(path: Path) -> tuple[dict[str, Rep], list[ConfigError]]:
-    """Parse the reps file, a YAML list of {email, name, title, phone}; a missing file means no reps."""
+    """Parse the reps file, a YAML list of {email, name, title, phone, notify, away}; missing means none."""
     source = str(path)
     try:
         if not path.exists():
@@ -145,13 +173,20 @@ def _rep(node: yaml.Node, *, source: str) -> Rep:
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError("a rep is a mapping such as {email: ..., name: ...}", source=source, line=line)
     fields: dict[str, str | None] = {}
+    notify_urls: tuple[str, ...] = ()
+    away = False
     for key_node, value_node in node.value:
         key, key_line = str(key_node.value), key_node.start_mark.line + 1
         if key not in _REP_KEYS:
             raise ConfigError(
                 f"unknown key {key!r} (a rep has {', '.join(_REP_KEYS)})", source=source, line=key_line
             )
-        fields[key] = _text(value_node, key=key, source=source)
+        if key == "notify":
+            notify_urls = _urls(value_node, source=source)
+        elif key == "away":
+            away = _flag(value_node, key=key, source=source)
+        else:
+            fields[key] = _text(value_node, key=key, source=source)
     email, name = fields.get("email"), fields.get("name")
     if not email or not name:
         missing = "email" if not email else "name"
@@ -160,7 +195,36 @@ def _rep(node: yaml.Node, *, source: str) -> Rep:
         email = normalise_email(email)
     except ValueError as exc:
         raise ConfigError(f"email: {exc}", source=source, line=line) from exc
-    return Rep(email=email, name=name, title=fields.get("title"), phone=fields.get("phone"))
+    return Rep(
+        email=email,
+        name=name,
+        title=fields.get("title"),
+        phone=fields.get("phone"),
+        notify_urls=notify_urls,
+        active=not away,
+    )
+
+
+def _urls(node: yaml.Node, *, source: str) -> tuple[str, ...]:
+    """`notify: URL` or `notify: [URL, ...]`, each only checked to look like scheme://..."""
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    urls: list[str] = []
+    for item in items:
+        url = _text(item, key="notify", source=source)
+        if url is None:
+            continue
+        if not _NOTIFY_URL.fullmatch(url):
+            message = f"notify: {url!r} is not a notification URL such as mailto://... or slack://..."
+            raise ConfigError(message, source=source, line=item.start_mark.line + 1)
+        urls.append(url)
+    return tuple(dict.fromkeys(urls))
+
+
+def _flag(node: yaml.Node, *, key: str, source: str) -> bool:
+    value = node.value.lower() if isinstance(node, yaml.ScalarNode) else None
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{key}: expected true or false", source=source, line=node.start_mark.line + 1)
+    return value in _TRUE
 
 
 def _text(node: yaml.Node, *, key: str, source: str) -> str | None:

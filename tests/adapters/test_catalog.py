@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from nurture.catalog import Catalog, load_catalog
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, Rep, template_context
+from nurture.core.scoring import DEFAULT_RULES, Thresholds
 from nurture.errors import ConfigErrors
 
 TEMPLATE = '<p>Hi {{ lead.first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
@@ -49,11 +52,26 @@ def write(root: Path, name: str, text: str) -> Path:
     return path
 
 
-def load(root: Path, *, reps: str | None = "reps.yaml") -> Catalog:
+ROOT = Path(__file__).resolve().parents[2]
+SCORING = """\
+points: {email_open: 1, page_visit: 2}
+thresholds: {mql: 30, hot: 60}
+half_life: 7d
+"""
+
+
+def load(root: Path, *, reps: str | None = "reps.yaml", scoring: str | None = None) -> Catalog:
+    if scoring is None:  # as existing callers do: no scoring_file argument at all
+        return load_catalog(
+            campaigns_dir=root / "campaigns",
+            templates_dir=root / "templates",
+            reps_file=root / reps if reps else None,
+        )
     return load_catalog(
         campaigns_dir=root / "campaigns",
         templates_dir=root / "templates",
         reps_file=root / reps if reps else None,
+        scoring_file=root / scoring,
     )
 
 
@@ -228,3 +246,132 @@ def test_catalog_renderer_is_built_once_and_renders_a_step(root: Path) -> None:
     assert catalog.renderer() is catalog.renderer()
     assert email.subject == "Hi Mei"
     assert "https://t.example/u/x" in email.text
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+
+def test_load_catalog_reads_the_scoring_file(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(root, "scoring.yaml", SCORING)
+
+    scoring = load(root, scoring="scoring.yaml").scoring
+
+    assert scoring.points == {"email_open": 1, "page_visit": 2}
+    assert (scoring.thresholds, scoring.half_life) == (Thresholds(mql=30, hot=60), timedelta(days=7))
+    assert scoring.source == str(root / "scoring.yaml")
+
+
+@pytest.mark.parametrize("scoring", ["missing.yaml", None])
+def test_load_catalog_uses_the_default_rules_without_a_scoring_file(root: Path, scoring: str | None) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+
+    assert load(root, scoring=scoring).scoring is DEFAULT_RULES
+
+
+def test_load_catalog_reports_scoring_errors_with_every_other_error_at_once(root: Path) -> None:
+    # Given a bad campaign, a bad rep and a scoring file with two problems
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha").replace("priority: 100", "priority: high"))
+    write(root, "reps.yaml", "- {email: nobody}\n")
+    write(root, "scoring.yaml", SCORING.replace("page_visit: 2", "page_visit: -2").replace("7d", "7"))
+
+    # When the catalog loads, Then every problem is reported, sorted by file and line
+    errors = errors_of(root, scoring="scoring.yaml")
+
+    assert [(name, line) for name, line, _ in errors] == [
+        ("a.yaml", 3),
+        ("reps.yaml", 1),
+        ("scoring.yaml", 1),
+        ("scoring.yaml", 3),
+    ]
+    assert errors[2][2] == "points.page_visit: must be 0 or more"
+
+
+def test_load_catalog_reports_a_scoring_file_that_is_not_utf8(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    (root / "scoring.yaml").write_bytes(b"points: {caf\xe9: 1}\n")
+
+    [(name, line, reason)] = errors_of(root, scoring="scoring.yaml")
+
+    assert (name, line) == ("scoring.yaml", None)
+    assert reason.startswith("not UTF-8 text")
+
+
+def test_load_catalog_reads_the_shipped_scoring_and_reps_files() -> None:
+    catalog = load_catalog(
+        campaigns_dir=ROOT / "campaigns",
+        templates_dir=ROOT / "templates",
+        reps_file=ROOT / "reps.yaml",
+        scoring_file=ROOT / "scoring.yaml",
+    )
+
+    assert dataclasses.replace(catalog.scoring, source=DEFAULT_RULES.source) == DEFAULT_RULES
+    assert [rep.email for rep in catalog.reps.values() if not rep.active] == ["katrin.vogel@acmeflow.example"]
+    assert len(catalog.active_reps()) == len(catalog.reps) - 1
+
+
+# --- reps: notification URLs and away --------------------------------------------------------------------
+
+
+def test_load_catalog_reads_notify_urls_and_away_and_lists_active_reps_in_file_order(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(
+        root,
+        "reps.yaml",
+        """\
+- {email: zoe@example.com, name: Zoe, notify: "slack://xoxb-token/C012AB3CD"}
+- email: ann@example.com
+  name: Ann
+  away: true
+  notify:
+    - mailto://user:pass@example.com
+    - msteams://a/b/c
+    - mailto://user:pass@example.com
+- {email: max@example.com, name: Max, away: false, notify: []}
+- {email: bea@example.com, name: Bea, notify: null}
+""",
+    )
+
+    catalog = load(root)
+
+    assert list(catalog.reps.values()) == [
+        Rep(email="zoe@example.com", name="Zoe", notify_urls=("slack://xoxb-token/C012AB3CD",)),
+        Rep(
+            email="ann@example.com",
+            name="Ann",
+            notify_urls=("mailto://user:pass@example.com", "msteams://a/b/c"),
+            active=False,
+        ),
+        Rep(email="max@example.com", name="Max"),
+        Rep(email="bea@example.com", name="Bea"),
+    ]
+    assert [rep.name for rep in catalog.active_reps()] == ["Zoe", "Max", "Bea"]
+
+
+def test_load_catalog_reports_bad_notify_urls_and_away_flags_with_their_lines(root: Path) -> None:
+    write(root, "campaigns/a.yaml", campaign_yaml("alpha"))
+    write(
+        root,
+        "reps.yaml",
+        """\
+- email: a@example.com
+  name: A
+  notify:
+    - slack://ok
+    - hooks.slack.com/services/T000
+- {email: b@example.com, name: B, notify: {slack: x}}
+- {email: c@example.com, name: C, away: sometimes}
+- {email: d@example.com, name: D, away: [true]}
+- {email: e@example.com, name: E, notify: "json://x y"}
+""",
+    )
+
+    errors = errors_of(root)
+
+    assert [(line, reason.split(" such as")[0]) for _, line, reason in errors] == [
+        (5, "notify: 'hooks.slack.com/services/T000' is not a notification URL"),
+        (6, "notify: expected text"),
+        (7, "away: expected true or false"),
+        (8, "away: expected true or false"),
+        (9, "notify: 'json://x y' is not a notification URL"),
+    ]

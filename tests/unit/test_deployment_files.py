@@ -32,6 +32,7 @@ MARKETING_FILES = {
     "campaigns": "/app/campaigns",
     "templates": "/app/templates",
     "reps.yaml": "/app/reps.yaml",
+    "scoring.yaml": "/app/scoring.yaml",
 }
 SETTINGS_VARIABLES = frozenset(f"NURTURE_{name.upper()}" for name in Settings.model_fields)
 NURTURE_VARIABLE = re.compile(r"\bNURTURE_[A-Z0-9_]+")

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from nurture.core.campaign import Audience, Campaign, ExitRule, Sender, Step
-from nurture.core.lead import Lead
+from nurture.core.context import Rep
+from nurture.core.lead import STAGES, Lead
 from nurture.core.lifecycle import (
+    AlertTrigger,
     Hold,
+    StageChange,
+    alert_triggers,
+    assign_owner,
     choose_campaign,
     exit_reason,
     is_last_step,
+    may_alert,
     may_enroll,
     send_hold,
+    stage_after_scoring,
 )
+from nurture.core.scoring import EngagementEvent, Moment, Thresholds
 
 LEAD = Lead(
     id=1,
@@ -301,3 +310,176 @@ def test_is_last_step_is_true_only_for_the_final_step(
     steps: tuple[Step, ...], step_id: str, expected: bool
 ) -> None:
     assert is_last_step(campaign(steps=steps), step_id) is expected
+
+
+# --- stage_after_scoring ---------------------------------------------------------------------------------
+
+THRESHOLDS = Thresholds(mql=50, hot=80)
+
+
+@pytest.mark.parametrize(
+    ("stage", "score", "expected"),
+    [
+        pytest.param(
+            "lead", 55, StageChange("lead", "mql", "qualified: score 55 >= 50"), id="lead qualifies"
+        ),
+        pytest.param("lead", 50, StageChange("lead", "mql", "qualified: score 50 >= 50"), id="exactly mql"),
+        pytest.param("suspect", 90, StageChange("suspect", "mql", "qualified: score 90 >= 50"), id="suspect"),
+        pytest.param("visitor", 50, StageChange("visitor", "mql", "qualified: score 50 >= 50"), id="visitor"),
+        pytest.param("lead", 49, None, id="below mql"),
+        pytest.param("mql", 95, None, id="already mql"),
+        pytest.param("mql", 3, None, id="an mql whose score decayed stays mql"),
+        pytest.param("sql", 99, None, id="sql belongs to sales"),
+        pytest.param("opportunity", 99, None, id="opportunity"),
+        pytest.param("customer", 99, None, id="customer"),
+    ],
+)
+def test_stage_after_scoring_moves_only_early_stages_to_mql(
+    stage: str, score: int, expected: StageChange | None
+) -> None:
+    assert stage_after_scoring(stage, score, THRESHOLDS) == expected
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("score", [0, 49, 50, 80, 1000])
+def test_stage_after_scoring_never_moves_a_lead_back_or_anywhere_but_mql(stage: str, score: int) -> None:
+    change = stage_after_scoring(stage, score, THRESHOLDS)
+
+    assert change is None or (change.before, change.after) == (stage, "mql")
+    assert change is None or STAGES.index(stage) < STAGES.index("mql")
+
+
+# --- alert_triggers --------------------------------------------------------------------------------------
+
+AT = datetime(2025, 3, 3, 12, tzinfo=UTC)
+PRICING = Moment("pricing_visit", "page_visit", url_pattern="/pricing")
+REOPENED = Moment("proposal_reopened", "proposal_view", after_silence=timedelta(days=14))
+PRICING_VISIT = EngagementEvent(1, "page_visit", AT, url="https://acme.example/pricing")
+PROPOSAL_VIEW = EngagementEvent(2, "proposal_view", AT)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(40, 55, [("mql", "score crossed mql (50): 40 -> 55")], id="mql"),
+        pytest.param(49, 50, [("mql", "score crossed mql (50): 49 -> 50")], id="mql exactly"),
+        pytest.param(62, 85, [("hot", "score crossed hot (80): 62 -> 85")], id="hot"),
+        pytest.param(
+            10,
+            90,
+            [("hot", "score crossed hot (80): 10 -> 90"), ("mql", "score crossed mql (50): 10 -> 90")],
+            id="both, hot first",
+        ),
+        pytest.param(50, 79, [], id="between the thresholds"),
+        pytest.param(50, 60, [], id="already above mql"),
+        pytest.param(90, 40, [], id="falling"),
+        pytest.param(80, 80, [], id="unchanged at hot"),
+    ],
+)
+def test_alert_triggers_fire_when_a_score_crosses_a_threshold_upwards(
+    old: int, new: int, expected: list[tuple[str, str]]
+) -> None:
+    triggers = alert_triggers(old, new, THRESHOLDS, [])
+
+    assert [(t.trigger, t.reason) for t in triggers] == expected
+
+
+def test_alert_triggers_add_moments_after_thresholds_whatever_the_score() -> None:
+    moments = [(PRICING, PRICING_VISIT), (REOPENED, PROPOSAL_VIEW)]
+
+    assert alert_triggers(70, 85, THRESHOLDS, moments) == (
+        AlertTrigger("hot", "score crossed hot (80): 70 -> 85"),
+        AlertTrigger("moment:pricing_visit", "pricing_visit: visited https://acme.example/pricing"),
+        AlertTrigger(
+            "moment:proposal_reopened", "proposal_reopened: viewed the proposal after 14+ days of silence"
+        ),
+    )
+    assert [t.trigger for t in alert_triggers(5, 3, THRESHOLDS, moments)] == [
+        "moment:pricing_visit",
+        "moment:proposal_reopened",
+    ]
+
+
+def test_alert_triggers_name_each_moment_once() -> None:
+    second = replace(PRICING_VISIT, id=3, url="https://acme.example/pricing/team")
+
+    triggers = alert_triggers(0, 0, THRESHOLDS, [(PRICING, PRICING_VISIT), (PRICING, second)])
+
+    assert [t.reason for t in triggers] == ["pricing_visit: visited https://acme.example/pricing"]
+
+
+@pytest.mark.parametrize(
+    ("moment", "event", "reason"),
+    [
+        pytest.param(
+            Moment("came_back", "page_visit", after_silence=timedelta(hours=36)),
+            EngagementEvent(1, "page_visit", AT, url="/blog"),
+            "came_back: visited /blog after 36+ hours of silence",
+            id="hours",
+        ),
+        pytest.param(
+            Moment("one_day", "email_reply", after_silence=timedelta(days=1)),
+            EngagementEvent(1, "email_reply", AT),
+            "one_day: replied to an email after 1+ days of silence",
+            id="one day",
+        ),
+        pytest.param(
+            Moment("webinar", "webinar_attended"),
+            EngagementEvent(1, "webinar_attended", AT),
+            "webinar: webinar attended",
+            id="a custom type",
+        ),
+    ],
+)
+def test_alert_triggers_say_what_the_lead_did(moment: Moment, event: EngagementEvent, reason: str) -> None:
+    [trigger] = alert_triggers(0, 0, THRESHOLDS, [(moment, event)])
+
+    assert (trigger.trigger, trigger.reason) == (f"moment:{moment.name}", reason)
+
+
+# --- may_alert -------------------------------------------------------------------------------------------
+
+DAY = timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("last_alert_at", "expected"),
+    [
+        pytest.param(None, True, id="never alerted"),
+        pytest.param(AT - timedelta(hours=25), True, id="25 hours ago"),
+        pytest.param(AT - DAY, True, id="exactly one cooldown ago"),
+        pytest.param(AT - timedelta(hours=23, minutes=59), False, id="inside the cooldown"),
+        pytest.param(AT, False, id="just now"),
+        pytest.param(AT + timedelta(minutes=5), False, id="in the future (clock skew)"),
+    ],
+)
+def test_may_alert_allows_one_alert_per_cooldown(last_alert_at: datetime | None, expected: bool) -> None:
+    assert may_alert(last_alert_at, AT, DAY) is expected
+
+
+def test_may_alert_always_allows_with_no_cooldown() -> None:
+    assert may_alert(AT, AT, timedelta(0)) is True
+
+
+# --- assign_owner ----------------------------------------------------------------------------------------
+
+ANA = Rep(email="ana@acme.example", name="Ana")
+BO = Rep(email="bo@acme.example", name="Bo", active=False)
+CY = Rep(email="cy@acme.example", name="Cy", notify_urls=("slack://token/channel",))
+DEE = Rep(email="dee@acme.example", name="Dee")
+
+
+@pytest.mark.parametrize(
+    ("reps", "counters", "expected"),
+    [
+        pytest.param((ANA, BO, CY, DEE), range(6), [ANA, CY, DEE, ANA, CY, DEE], id="skips the away rep"),
+        pytest.param((ANA,), range(3), [ANA, ANA, ANA], id="one rep"),
+        pytest.param((ANA, CY), [7, -1], [CY, CY], id="any counter"),
+        pytest.param((BO,), range(2), [None, None], id="everyone away"),
+        pytest.param((), range(2), [None, None], id="no reps"),
+    ],
+)
+def test_assign_owner_goes_round_robin_over_active_reps(
+    reps: tuple[Rep, ...], counters: range | list[int], expected: list[Rep | None]
+) -> None:
+    assert [assign_owner(reps, n) for n in counters] == expected

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from email.utils import parseaddr
-from typing import Annotated, Any, Final, TypeGuard
+from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictInt
 
+from nurture.core._yaml import STRICT, KeyPath, Models, is_int, listify, not_empty, problem
 from nurture.core.lead import GRADES, STAGES, is_time_zone
 
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -21,13 +21,6 @@ SLUG: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 HH_MM: Final = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
 _TAG_KEY: Final = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")  # as lead.py stores tag keys
 _COUNTRY: Final = re.compile(r"[A-Za-z]{2}")
-
-KeyPath = tuple[str | int, ...]  # a key path in the file: ("steps", 2, "day")
-
-
-def problem(message: str) -> PydanticCustomError:
-    # The message goes in the context so a `{` in the user's value is never read as a format field.
-    return PydanticCustomError("campaign", "{reason}", {"reason": message})
 
 
 def _slug(value: str) -> str:
@@ -115,20 +108,6 @@ def _template_path(value: str) -> str:
     return value
 
 
-def _listify(value: Any) -> Any:
-    # `grade: nurturable` means the same as `grade: [nurturable]`.
-    return [value] if isinstance(value, str) else value
-
-
-def _not_empty(what: str) -> Callable[[list[Any]], list[Any]]:
-    def check(value: list[Any]) -> list[Any]:
-        if not value:
-            raise problem(f"needs at least one {what}")
-        return value
-
-    return check
-
-
 Slug = Annotated[str, AfterValidator(_slug)]
 Text = Annotated[str, Field(min_length=1)]
 Grade = Annotated[str, AfterValidator(_grade)]
@@ -139,23 +118,22 @@ TemplatePath = Annotated[str, AfterValidator(_template_path)]
 
 
 class _Model(BaseModel):
-    # Numbers become text where text is expected (`utm_content: [2024]`); ints stay strict (`day: true`).
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    model_config = STRICT
 
 
 class AudienceModel(_Model):
-    grade: Annotated[list[Grade], BeforeValidator(_listify), AfterValidator(_not_empty("grade"))] = [
+    grade: Annotated[list[Grade], BeforeValidator(listify), AfterValidator(not_empty("grade"))] = [
         "nurturable"
     ]
-    stage: Annotated[list[Stage], BeforeValidator(_listify), AfterValidator(_not_empty("stage"))] = [
+    stage: Annotated[list[Stage], BeforeValidator(listify), AfterValidator(not_empty("stage"))] = [
         "lead",
         "suspect",
     ]
     min_score: StrictInt | None = None
     max_score: StrictInt | None = None
-    sources: Annotated[list[str], BeforeValidator(_listify)] = []
-    countries: Annotated[list[Country], BeforeValidator(_listify)] = []
-    tags: dict[Annotated[str, AfterValidator(_tag_key)], Annotated[list[str], BeforeValidator(_listify)]] = {}
+    sources: Annotated[list[str], BeforeValidator(listify)] = []
+    countries: Annotated[list[Country], BeforeValidator(listify)] = []
+    tags: dict[Annotated[str, AfterValidator(_tag_key)], Annotated[list[str], BeforeValidator(listify)]] = {}
 
 
 class SenderModel(_Model):
@@ -165,7 +143,7 @@ class SenderModel(_Model):
 
 
 class SendWindowModel(_Model):
-    days: Annotated[list[Weekday], BeforeValidator(_listify), AfterValidator(_not_empty("weekday"))] = list(
+    days: Annotated[list[Weekday], BeforeValidator(listify), AfterValidator(not_empty("weekday"))] = list(
         WEEKDAYS[:5]
     )
     start: Annotated[str, AfterValidator(_hh_mm)] = "09:00"
@@ -176,7 +154,7 @@ class SendWindowModel(_Model):
 
 class ExitModel(_Model):
     score_at_least: StrictInt | None = None
-    stage_in: Annotated[list[Stage], BeforeValidator(_listify)] = ["mql", "sql", "opportunity", "customer"]
+    stage_in: Annotated[list[Stage], BeforeValidator(listify)] = ["mql", "sql", "opportunity", "customer"]
 
 
 class StepModel(_Model):
@@ -195,11 +173,11 @@ class CampaignModel(_Model):
     sender: SenderModel
     send_window: SendWindowModel = SendWindowModel()
     exit: ExitModel = ExitModel()
-    steps: Annotated[list[StepModel], AfterValidator(_not_empty("step"))]
+    steps: Annotated[list[StepModel], AfterValidator(not_empty("step"))]
 
 
 # The model behind each mapping of the file, by key path with list indexes as "*": for "did you mean".
-MODELS: Final[Mapping[tuple[str, ...], type[BaseModel]]] = {
+MODELS: Final[Models] = {
     (): CampaignModel,
     ("audience",): AudienceModel,
     ("sender",): SenderModel,
@@ -207,10 +185,6 @@ MODELS: Final[Mapping[tuple[str, ...], type[BaseModel]]] = {
     ("exit",): ExitModel,
     ("steps", "*"): StepModel,
 }
-
-
-def keys_of(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def cross_checks(data: Mapping[str, Any], lines: Mapping[KeyPath, int]) -> list[tuple[KeyPath, str]]:
@@ -225,7 +199,7 @@ def cross_checks(data: Mapping[str, Any], lines: Mapping[KeyPath, int]) -> list[
     audience = data.get("audience")
     if isinstance(audience, dict):
         low, high = audience.get("min_score"), audience.get("max_score")
-        if _is_int(low) and _is_int(high) and low > high:
+        if is_int(low) and is_int(high) and low > high:
             found.append((("audience", "max_score"), f"min_score {low} is above max_score {high}"))
     window = data.get("send_window")
     if isinstance(window, dict):
@@ -251,16 +225,12 @@ def _step_checks(steps: list[Any], lines: Mapping[KeyPath, int]) -> list[tuple[K
             )
         elif isinstance(step_id, str):
             first_use[step_id] = index
-        if _is_int(day) and day >= 0:
+        if is_int(day) and day >= 0:
             if last_day is not None and day <= last_day:
                 message = f"bad day order: day {day} must come after day {last_day} of the step before"
                 found.append((("steps", index, "day"), message))
             last_day = day
     return found
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _minutes(value: Any) -> int | None:

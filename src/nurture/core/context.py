@@ -26,6 +26,8 @@ class Rep:
     name: str
     title: str | None = None
     phone: str | None = None
+    notify_urls: tuple[str, ...] = ()  # where alerts go besides the rep's email (Apprise URLs)
+    active: bool = True  # False while away: gets no new leads round-robin
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,38 @@
-"""Lifecycle rules: who may enter a campaign, which campaign a lead enters, and when a lead must stop.
+"""Lifecycle rules: who may enter a campaign, which campaign a lead enters, when a lead must stop, and what
+a new score means for its stage, its alerts and its owner.
 
 Pure decisions over `Lead` and `Campaign` values. The tick enrolls with `choose_campaign`; the deliver flow
 asks `send_hold` before every send, because a lead or its campaign can change between planning and sending.
+After a rescore, the escalate flow asks `stage_after_scoring`, `alert_triggers`, `may_alert` and
+`assign_owner`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from nurture.core.campaign import Audience, Campaign, ExitRule
+from nurture.core.context import Rep
 from nurture.core.lead import Lead
+from nurture.core.scoring import EngagementEvent, Moment, Thresholds
 
 # Tags a lead's acquisition source can arrive under: a CRM's `source` column or a form's UTM parameter.
 _SOURCE_TAGS = ("source", "utm_source")
+# Stages a score may move to MQL; a lead already with sales (sql, opportunity, customer) is never moved back.
+_BEFORE_MQL = frozenset({"visitor", "lead", "suspect"})
+# How a moment's event reads in an alert: "pricing_visit: visited https://acme.example/pricing".
+_DOES = {
+    "email_open": "opened an email",
+    "email_click": "clicked",
+    "page_visit": "visited",
+    "content_download": "downloaded",
+    "form_submit": "submitted a form",
+    "proposal_view": "viewed the proposal",
+    "email_reply": "replied to an email",
+    "meeting_booked": "booked a meeting",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +41,19 @@ class Hold:
 
     reason: str
     exits_enrollment: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    before: str
+    after: str
+    reason: str  # "qualified: score 55 >= 50"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTrigger:
+    trigger: str  # "mql" | "hot" | "moment:<name>"
+    reason: str  # "score crossed hot (80): 62 -> 85", "pricing_visit: visited https://acme.example/pricing"
 
 
 def may_enroll(lead: Lead, campaign: Campaign) -> bool:
@@ -100,3 +132,68 @@ def _country_fits(country: str | None, countries: frozenset[str]) -> bool:
     if not countries:
         return True
     return country is not None and country.strip().casefold() in {c.casefold() for c in countries}
+
+
+def stage_after_scoring(stage: str, score: int, thresholds: Thresholds) -> StageChange | None:
+    """Return the move to MQL when `score` reaches the mql threshold from visitor, lead or suspect, else None.
+
+    A score never moves a lead backwards (an MQL whose score decays stays an MQL) nor out of sql,
+    opportunity or customer: those stages belong to sales.
+    """
+    if stage in _BEFORE_MQL and score >= thresholds.mql:
+        return StageChange(before=stage, after="mql", reason=f"qualified: score {score} >= {thresholds.mql}")
+    return None
+
+
+def alert_triggers(
+    old_score: int,
+    new_score: int,
+    thresholds: Thresholds,
+    moments: Sequence[tuple[Moment, EngagementEvent]],
+) -> tuple[AlertTrigger, ...]:
+    """Return why the lead's owner should hear about this rescore: thresholds crossed, then moments hit.
+
+    A threshold `t` is crossed when `old_score < t <= new_score`; hot comes before mql when both are. Each
+    moment appears once (its first event), whatever the score.
+    """
+    found: list[AlertTrigger] = []
+    for name, threshold in (("hot", thresholds.hot), ("mql", thresholds.mql)):
+        if old_score < threshold <= new_score:
+            reason = f"score crossed {name} ({threshold}): {old_score} -> {new_score}"
+            found.append(AlertTrigger(trigger=name, reason=reason))
+    seen: set[str] = set()
+    for moment, event in moments:
+        if moment.name not in seen:
+            seen.add(moment.name)
+            found.append(AlertTrigger(trigger=f"moment:{moment.name}", reason=_moment_reason(moment, event)))
+    return tuple(found)
+
+
+def may_alert(last_alert_at: datetime | None, now: datetime, cooldown: timedelta) -> bool:
+    """Return True when a lead last alerted at `last_alert_at` (None: never) may be alerted again at `now`."""
+    return last_alert_at is None or now - last_alert_at >= cooldown
+
+
+def assign_owner(reps: Sequence[Rep], counter: int) -> Rep | None:
+    """Return the active rep whose turn `counter` is (round-robin in the given order), or None if none is.
+
+    The caller keeps the counter and adds one per assignment; reps who are away are skipped.
+    """
+    active = [rep for rep in reps if rep.active]
+    return active[counter % len(active)] if active else None
+
+
+def _moment_reason(moment: Moment, event: EngagementEvent) -> str:
+    text = f"{moment.name}: {_DOES.get(event.type, event.type.replace('_', ' '))}"
+    if event.url:
+        text += f" {event.url}"
+    if moment.after_silence is not None:
+        text += f" after {_at_least(moment.after_silence)} of silence"
+    return text
+
+
+def _at_least(value: timedelta) -> str:
+    """A silence as "14+ days" or "36+ hours"."""
+    if value.days and not value.seconds and not value.microseconds:
+        return f"{value.days}+ days"
+    return f"{value.total_seconds() / 3600:g}+ hours"
