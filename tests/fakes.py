@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from nurture.errors import SendError
-from nurture.ports import OutgoingEmail, SendReceipt
+from collections.abc import Sequence
+
+from nurture.errors import AlertDeliveryError, SendError
+from nurture.ports import AlertMessage, OutgoingEmail, SendReceipt
 
 
 class RecordingTransport:
@@ -25,3 +27,25 @@ class RecordingTransport:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class RecordingAlertSink:
+    """An `AlertSink` that keeps the alerts it was given (with the notify URLs) and can be told to fail."""
+
+    def __init__(self, name: str = "recording") -> None:
+        self.name = name
+        self.sent: list[tuple[AlertMessage, tuple[str, ...]]] = []
+        self._failures = 0
+
+    def fail_next(self, times: int = 1) -> None:
+        self._failures += times
+
+    @property
+    def alerts(self) -> list[AlertMessage]:
+        return [alert for alert, _ in self.sent]
+
+    async def send(self, alert: AlertMessage, *, notify_urls: Sequence[str]) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise AlertDeliveryError(f"{self.name} is down")
+        self.sent.append((alert, tuple(notify_urls)))

@@ -1,4 +1,7 @@
-"""The Dramatiq actors: an id in, one flow call.
+"""The Dramatiq actors: an id in, one flow call, its result handed on.
+
+send_delivery (deliveries) sends one email. rescore_lead (scoring) re-scores a lead after an event and hands
+the alert it raised, if any, to send_alert (alerts), which retries until every alert sink has it.
 
 Actors are declared on an explicit broker by `declare_actors(broker)`, never at import time, so no module
 silently falls back to Dramatiq's default broker.
@@ -12,27 +15,46 @@ from typing import Any
 
 import dramatiq
 
-from nurture.broker import runtime_middleware
+from nurture.broker import RuntimeMiddleware, runtime_middleware
+from nurture.flows.alert import deliver_alert
 from nurture.flows.deliver import deliver
+from nurture.flows.escalate import rescore
 
 DELIVERIES_QUEUE = "deliveries"
+SCORING_QUEUE = "scoring"
+ALERTS_QUEUE = "alerts"
+ALERT_RETRIES = 20  # with backoff capped at 10 minutes: about 2.5 hours of trying before it is marked failed
 
 
 @dataclass(frozen=True, slots=True)
 class Actors:
     broker: dramatiq.Broker
     send_delivery: Any  # dramatiq.Actor[[int], None]
+    rescore_lead: Any  # dramatiq.Actor[[int], None]
+    send_alert: Any  # dramatiq.Actor[[int], None]
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (DELIVERIES_QUEUE,)
+        """Every queue, in the order work flows through them (a drain joins them in this order)."""
+        return (DELIVERIES_QUEUE, SCORING_QUEUE, ALERTS_QUEUE)
+
+    def enqueue_rescore(self, lead_id: int) -> None:
+        """Re-score a lead soon (the tracking web's `on_event` callback)."""
+        self.rescore_lead.send(lead_id)
 
     def enqueue_deliveries(self, delivery_ids: Iterable[int]) -> int:
-        count = 0
-        for delivery_id in delivery_ids:
-            self.send_delivery.send(delivery_id)
-            count += 1
-        return count
+        return _send_each(self.send_delivery, delivery_ids)
+
+    def enqueue_alerts(self, alert_ids: Iterable[int]) -> int:
+        return _send_each(self.send_alert, alert_ids)
+
+
+def _send_each(actor: Any, ids: Iterable[int]) -> int:
+    count = 0
+    for item_id in ids:
+        actor.send(item_id)
+        count += 1
+    return count
 
 
 def declare_actors(broker: dramatiq.Broker) -> Actors:
@@ -54,4 +76,52 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         max_backoff=60_000,
         time_limit=120_000,
     )(send_delivery)
-    return Actors(broker=broker, send_delivery=send)
+
+    alert_actor = _declare_send_alert(broker, runtime)
+    rescore_actor = _declare_rescore_lead(broker, runtime, alert_actor)
+    return Actors(broker=broker, send_delivery=send, rescore_lead=rescore_actor, send_alert=alert_actor)
+
+
+def _declare_send_alert(broker: dramatiq.Broker, runtime: RuntimeMiddleware) -> Any:
+    async def send_alert(alert_id: int) -> None:
+        """Deliver one alert to every sink; raises (and is retried) while a sink fails."""
+        rt = runtime.current()
+        await deliver_alert(
+            alert_id,
+            db=rt.db,
+            sinks=rt.sinks,
+            catalog=rt.catalog,
+            base_url=rt.settings.base_url,
+            now=rt.clock.now(),
+            max_attempts=ALERT_RETRIES + 1,  # the flow marks the last failure `failed` instead of raising
+        )
+
+    return dramatiq.actor(
+        broker=broker,
+        actor_name="send_alert",
+        queue_name=ALERTS_QUEUE,
+        max_retries=ALERT_RETRIES,
+        min_backoff=5_000,
+        max_backoff=600_000,
+        time_limit=120_000,
+    )(send_alert)
+
+
+def _declare_rescore_lead(broker: dramatiq.Broker, runtime: RuntimeMiddleware, send_alert: Any) -> Any:
+    async def rescore_lead(lead_id: int) -> None:
+        """Re-score one lead from its event log; hand on the alert it raised."""
+        rt = runtime.current()
+        result = await rescore(lead_id, db=rt.db, catalog=rt.catalog, now=rt.clock.now())
+        for alert_id in result.alert_ids if result is not None else ():
+            send_alert.send(alert_id)
+
+    # Rescoring recomputes from the log, so a retry (say, after the database blinked) is safe.
+    return dramatiq.actor(
+        broker=broker,
+        actor_name="rescore_lead",
+        queue_name=SCORING_QUEUE,
+        max_retries=5,
+        min_backoff=1_000,
+        max_backoff=60_000,
+        time_limit=60_000,
+    )(rescore_lead)

@@ -9,34 +9,49 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nurture.catalog import load_catalog
+from nurture.catalog import Catalog, load_catalog
 from nurture.clock import FrozenClock, parse_instant
+from nurture.core.context import LEAD_FIELDS
+from nurture.core.lead import normalise_email
+from nurture.core.tracking import share_url
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
 from nurture.errors import ConfigErrors, NurtureError
+from nurture.flows.engage import find_leads_by_email
+from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
+from nurture.flows.explain import LeadExplanation, explain_lead, find_lead
 from nurture.flows.ingest import ImportReport, import_leads
 from nurture.logs import configure_logging
-from nurture.runtime import build_clock
+from nurture.runtime import build_clock, secret_key
 from nurture.service import run_forever, run_tick
 from nurture.settings import Settings, load_settings
+from nurture.web.auth import IssuedApiKey, issue_api_key, list_api_keys, revoke_key
 from nurture.web.server import WebAddress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Campaigns-as-code B2B lead nurturing.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 leads_app = typer.Typer(no_args_is_help=True, help="Leads in and out.")
+lead_app = typer.Typer(
+    no_args_is_help=True, help="One lead: its score explained, its campaigns and timeline."
+)
 app.add_typer(db_app, name="db")
 app.add_typer(leads_app, name="leads")
+app.add_typer(lead_app, name="lead")
+apikey_app = typer.Typer(no_args_is_help=True, help="API keys for POST /api/leads and /api/events.")
+link_app = typer.Typer(no_args_is_help=True, help="Tracked links that reps share with a lead.")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(link_app, name="link")
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -96,7 +111,7 @@ def worker() -> None:
 
 @app.command("web")
 def web_command(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run the tracking web: one-click unsubscribe and the health check (GET /healthz)."""
+    """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics."""
     with _reported():
         web = WebAddress(host, port)
         asyncio.run(run_forever(_settings(), with_scheduler=False, with_worker=False, web=web))
@@ -166,15 +181,20 @@ def validate(
                 campaigns_dir=settings.campaigns_dir,
                 templates_dir=settings.templates_dir,
                 reps_file=settings.reps_file,
+                scoring_file=settings.scoring_file,
             )
         else:  # a project folder laid out like this repository
             catalog = load_catalog(
                 campaigns_dir=directory / "campaigns",
                 templates_dir=directory / "templates",
                 reps_file=directory / "reps.yaml",
+                scoring_file=directory / "scoring.yaml",
             )
         steps = sum(len(c.steps) for c in catalog.campaigns.values())
-        typer.echo(f"ok: {len(catalog.campaigns)} campaign(s), {steps} step(s), {len(catalog.reps)} rep(s)")
+        typer.echo(
+            f"ok: {len(catalog.campaigns)} campaign(s), {steps} step(s), {len(catalog.reps)} rep(s), "
+            f"scoring from {catalog.scoring.source}"
+        )
 
 
 @leads_app.command("import")
@@ -263,6 +283,214 @@ def _print_import(report: ImportReport, fmt: Format) -> None:
     )
 
 
+@lead_app.command("show")
+def lead_show(
+    email: Annotated[str, typer.Argument(help="The lead's email address.")],
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Show a lead: profile, stage, the events that make up its score, its campaigns and timeline."""
+    with _reported():
+        settings = _settings()
+        address = _lead_email(email)
+        found = asyncio.run(_explain(settings, address))
+        if found is None:
+            raise NurtureError(f"no lead with email {address}")
+        if fmt is Format.json:
+            typer.echo(json.dumps(_explanation_data(found), ensure_ascii=False))
+        else:
+            typer.echo("\n".join(_explanation_lines(found)))
+
+
+async def _explain(settings: Settings, email: str) -> LeadExplanation | None:
+    catalog = _catalog(settings)
+    db = Database(settings.effective_database_url)
+    try:
+        if settings.is_embedded:
+            await upgrade(db)
+        return await explain_lead(email, db=db, catalog=catalog, now=build_clock(settings).now())
+    finally:
+        await db.aclose()
+
+
+def _explanation_data(found: LeadExplanation) -> dict[str, Any]:
+    lead, profile = found.lead, found.lead.profile
+    return {
+        "id": lead.id,
+        **{name: getattr(profile, name) for name in LEAD_FIELDS},
+        "tags": dict(profile.tags),
+        "suppressed": lead.suppressed,
+        "suppressed_reason": lead.suppressed_reason,
+        "score_updated_at": _iso(lead.score_updated_at),
+        "score_now": found.breakdown.total,
+        "scored_at": _iso(found.scored_at),
+        "rules": found.rules_source,
+        "events": [
+            {
+                "id": item.event.id,
+                "type": item.event.type,
+                "occurred_at": _iso(item.event.occurred_at),
+                "url": item.event.url,
+                "base_points": item.base_points,
+                "points": round(item.points, 2),
+                "ignored": item.ignored,
+            }
+            for item in found.breakdown.items
+        ],
+        "enrollments": [
+            {
+                "campaign": e.campaign_id,
+                "state": e.state,
+                "exit_reason": e.exit_reason,
+                "enrolled_at": _iso(e.enrolled_at),
+                "ended_at": _iso(e.ended_at),
+            }
+            for e in found.enrollments
+        ],
+        "timeline": [
+            {"at": _iso(t.occurred_at), "kind": t.kind, "subject": t.subject} for t in found.timeline
+        ],
+        "alerts": [
+            {
+                "id": a.id,
+                "trigger": a.trigger,
+                "reason": a.reason,
+                "status": a.status,
+                "owner": a.owner,
+                "attempts": a.attempts,
+                "created_at": _iso(a.created_at),
+            }
+            for a in found.alerts
+        ],
+    }
+
+
+def _explanation_lines(found: LeadExplanation) -> list[str]:
+    lead, p = found.lead, found.lead.profile
+    name = " ".join(x for x in (p.first_name, p.last_name) if x)
+    lines = [f"{name} <{p.email}> (lead {lead.id})" if name else f"{p.email} (lead {lead.id})"]
+    lines.append(", ".join(x for x in (p.title, p.company, p.industry, p.country) if x) or "-")
+    lines.append(f"grade {p.grade or '-'}, stage {p.stage}, owner {p.owner or '-'}")
+    if lead.suppressed:
+        lines.append(f"suppressed: {lead.suppressed_reason or 'yes'}")
+    stored_at = _when(lead.score_updated_at) if lead.score_updated_at else "never"
+    lines += [
+        "",
+        f"Score {p.score} (computed {stored_at}); {found.breakdown.total} now by {found.rules_source}",
+    ]
+    lines.append(f"  {'when (UTC)':<16}  {'event':<16} {'base':>5} {'now':>6}  url, or why it does not count")
+    for item in found.breakdown.items:
+        why = f"not counted: {item.ignored}" if item.ignored else (item.event.url or "")
+        lines.append(
+            f"  {_when(item.event.occurred_at):<16}  {item.event.type:<16} {item.base_points:>5} "
+            f"{item.points:>6.1f}  {why}".rstrip()
+        )
+    return lines + _history_lines(found)
+
+
+def _history_lines(found: LeadExplanation) -> list[str]:
+    lines = ["", "Campaigns:" if found.enrollments else "Campaigns: none"]
+    for e in found.enrollments:
+        ended = f", ended {_when(e.ended_at)}" if e.ended_at else ""
+        reason = f" ({e.exit_reason})" if e.exit_reason else ""
+        lines.append(f"  {e.campaign_id}: {e.state}{reason}, enrolled {_when(e.enrolled_at)}{ended}")
+    lines += ["", "Timeline (newest first):" if found.timeline else "Timeline: empty"]
+    lines += [f"  {_when(t.occurred_at)}  {t.kind}  {t.subject or ''}".rstrip() for t in found.timeline]
+    lines += ["", "Alerts:" if found.alerts else "Alerts: none"]
+    lines += [
+        f"  #{a.id} {_when(a.created_at)} {a.trigger} {a.status} -> {a.owner or 'no owner'}: {a.reason}"
+        for a in found.alerts
+    ]
+    return lines
+
+
+@app.command("rescore")
+def rescore_command(
+    email: Annotated[str | None, typer.Argument(help="The lead to rescore (or --all).")] = None,
+    all_leads: Annotated[bool, typer.Option("--all", help="Rescore every lead.")] = False,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Recompute scores from the event log after scoring.yaml changed.
+
+    Stage changes are recorded (an MQL leaves its campaign); no alert goes out: rules changed, not the lead.
+    """
+    with _reported():
+        if (email is None) != all_leads:
+            raise NurtureError("give one lead's EMAIL or --all")
+        settings = _settings()
+        summary = asyncio.run(_rescore(settings, _lead_email(email) if email else None))
+        _print_data(
+            {
+                "leads": summary.leads,
+                "scores_changed": summary.scores_changed,
+                "stages_changed": summary.stages_changed,
+            },
+            fmt,
+            lambda: (
+                f"rescored {summary.leads} lead(s): {summary.scores_changed} score(s) changed, "
+                f"{summary.stages_changed} stage change(s)"
+            ),
+        )
+
+
+async def _rescore(settings: Settings, email: str | None) -> RescoreSummary:
+    catalog = _catalog(settings)
+    db = Database(settings.effective_database_url)
+    now = build_clock(settings).now()
+    try:
+        if settings.is_embedded:
+            await upgrade(db)
+        if email is None:
+            with _batch_progress("rescoring") as advance:
+                return await rescore_all(db=db, catalog=catalog, now=now, on_progress=advance)
+        lead = await find_lead(email, db=db)
+        result = (
+            None
+            if lead is None
+            else await rescore(lead.id, db=db, catalog=catalog, now=now, send_alerts=False)
+        )
+        if result is None:
+            raise NurtureError(f"no lead with email {email}")
+        return RescoreSummary(
+            leads=1,
+            scores_changed=int(result.score_after != result.score_before),
+            stages_changed=int(result.stage_change is not None),
+        )
+    finally:
+        await db.aclose()
+
+
+@contextmanager
+def _batch_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _catalog(settings: Settings) -> Catalog:
+    return load_catalog(
+        campaigns_dir=settings.campaigns_dir,
+        templates_dir=settings.templates_dir,
+        reps_file=settings.reps_file,
+        scoring_file=settings.scoring_file,
+    )
+
+
+def _lead_email(value: str) -> str:
+    try:
+        return normalise_email(value)
+    except ValueError as exc:
+        raise NurtureError(f"{value!r} is not an email address: {exc}") from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _print_data(data: dict[str, Any], fmt: Format, text: Callable[[], str]) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False) if fmt is Format.json else text())
 
@@ -278,6 +506,106 @@ def _require_broker(settings: Settings, command: str) -> Settings:
     if settings.redis_url is None:
         raise NurtureError(f"`nurture {command}` needs NURTURE_REDIS_URL; use `nurture run` for one process")
     return settings
+
+
+T = TypeVar("T")
+
+
+async def _on_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `use` on the configured database (the embedded one is migrated first), then close it."""
+    db = Database(settings.effective_database_url)
+    try:
+        if settings.is_embedded:
+            await upgrade(db)
+        return await use(db)
+    finally:
+        await db.aclose()
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, such as `crm-sync`.")],
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Create an API key and print it once: only its prefix and SHA-256 are kept."""
+    with _reported():
+        settings = _settings()
+        now = build_clock(settings).now()
+
+        async def issue(db: Database) -> IssuedApiKey:
+            try:
+                return await issue_api_key(db, name=name, now=now)
+            except ValueError as exc:
+                raise NurtureError(f"name: {exc}") from None
+
+        issued = asyncio.run(_on_database(settings, issue))
+        if fmt is Format.table:
+            err.print("Store this key now: it cannot be shown again.", markup=False)
+        data = {"key": issued.key, "prefix": issued.prefix, "name": issued.name}
+        _print_data(data, fmt, lambda: issued.key)
+
+
+@apikey_app.command("list")
+def apikey_list(
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """List API keys (prefix, name, created, revoked); the keys themselves are not stored."""
+    with _reported():
+        keys = asyncio.run(_on_database(_settings(), list_api_keys))
+        if fmt is Format.json:
+            rows = [
+                {
+                    "prefix": k.prefix,
+                    "name": k.name,
+                    "created_at": _iso(k.created_at),
+                    "revoked_at": _iso(k.revoked_at),
+                }
+                for k in keys
+            ]
+            typer.echo(json.dumps(rows, ensure_ascii=False))
+            return
+        for k in keys:
+            state = f"revoked {_when(k.revoked_at)}" if k.revoked_at else "active"
+            typer.echo(f"nk_{k.prefix}_...  created {_when(k.created_at)}  {state:<24}  {k.name}")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (the 8 hex digits after nk_).")],
+) -> None:
+    """Revoke an API key: requests that present it are refused from now on."""
+    with _reported():
+        settings = _settings()
+        now = build_clock(settings).now()
+        if not asyncio.run(_on_database(settings, lambda db: revoke_key(db, prefix, now=now))):
+            raise NurtureError(f"no active API key with prefix {prefix!r}")
+        typer.echo(f"revoked {prefix}")
+
+
+@link_app.command("create")
+def link_create(
+    lead: Annotated[str, typer.Option("--lead", help="The lead's email address.")],
+    url: Annotated[str, typer.Option("--url", help="The page to share: an absolute http(s) URL.")],
+    kind: Annotated[str, typer.Option("--kind", help="What it is; each opening is a <kind>_view event.")] = (
+        "proposal"
+    ),
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Print a tracked link to URL for one lead: each opening is recorded (proposal_view) and redirected."""
+    with _reported():
+        settings = _settings()
+        address = _lead_email(lead)
+        key = secret_key(settings)
+        try:  # checked before the lead is looked up: a typo in --url is the likelier mistake
+            share_url(settings.base_url, lead_id=1, url=url, kind=kind, key=key)
+        except ValueError as exc:
+            raise NurtureError(f"--url/--kind: {exc}") from None
+        found = asyncio.run(_on_database(settings, lambda db: find_leads_by_email(db, {address})))
+        if address not in found:
+            raise NurtureError(f"no lead with email {address}")
+        link = share_url(settings.base_url, lead_id=found[address], url=url, kind=kind, key=key)
+        data = {"url": link, "lead": address, "lead_id": found[address], "kind": kind, "target": url}
+        _print_data(data, fmt, lambda: link)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@
     - SendOutcomeUnknownError  the connection failed after DATA began: marked unknown, never re-sent
   + HeaderInjectionError   a header value would carry CR/LF or another line break
   + TrackingTokenError     forged or expired tracking token
+  + AlertDeliveryError     an alert sink could not hand an alert on: retried until delivered
 """
 
 from __future__ import annotations
@@ -81,3 +82,7 @@ class HeaderInjectionError(NurtureError):
 
 class TrackingTokenError(NurtureError):
     """A tracking token is forged, altered or expired."""
+
+
+class AlertDeliveryError(NurtureError):
+    """An alert sink (rep email, notification URL) failed to deliver an alert; the alert is retried."""

@@ -10,13 +10,15 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 
+from nurture.alerts import AppriseAlertSink, EmailAlertSink, split_alert_urls
 from nurture.catalog import Catalog, load_catalog
 from nurture.clock import Clock, FileClock, SystemClock
 from nurture.db.engine import Database
 from nurture.flows.deliver import Mailer
-from nurture.ports import Transport
+from nurture.ports import AlertSink, Transport
 from nurture.settings import Settings, redact_url
 from nurture.transports.outbox import OutboxTransport
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
@@ -31,6 +33,7 @@ class Runtime:
     catalog: Catalog
     mailer: Mailer
     clock: Clock
+    sinks: tuple[AlertSink, ...] = ()  # where alerts go: the owner's email, then notification URLs
 
     async def aclose(self) -> None:
         await self.mailer.transport.aclose()
@@ -45,12 +48,14 @@ def build_runtime(
         campaigns_dir=settings.campaigns_dir,
         templates_dir=settings.templates_dir,
         reps_file=settings.reps_file,
+        scoring_file=settings.scoring_file,
     )
     db = Database(settings.effective_database_url)
+    transport = build_transport(settings)
     mailer = Mailer(
         catalog=catalog,
         renderer=catalog.renderer(),
-        transport=build_transport(settings),
+        transport=transport,
         secret_key=secret_key(settings),
         base_url=settings.base_url,
         postal_address=settings.postal_address,
@@ -58,8 +63,31 @@ def build_runtime(
     )
     log.info("runtime ready database=%s", redact_url(db.url))
     return Runtime(
-        settings=settings, db=db, catalog=catalog, mailer=mailer, clock=clock or build_clock(settings)
+        settings=settings,
+        db=db,
+        catalog=catalog,
+        mailer=mailer,
+        clock=clock or build_clock(settings),
+        sinks=build_alert_sinks(settings, catalog, transport),
     )
+
+
+def build_alert_sinks(settings: Settings, catalog: Catalog, transport: Transport) -> tuple[AlertSink, ...]:
+    """The rep's email (on the campaigns' mail transport) and the notification URLs (Apprise).
+
+    Raises `ConfigError` for a `NURTURE_ALERT_URLS` entry Apprise does not understand.
+    """
+    return (
+        EmailAlertSink(transport, alert_sender(catalog)),
+        AppriseAlertSink(split_alert_urls(settings.alert_urls)),
+    )
+
+
+def alert_sender(catalog: Catalog) -> str:
+    """Alerts come from the first campaign's sender address, a mailbox the relay already sends for."""
+    campaigns = catalog.ordered()
+    address = parseaddr(campaigns[0].sender.from_address)[1] if campaigns else ""
+    return f"nurture alerts <{address or 'nurture@localhost'}>"
 
 
 def build_transport(settings: Settings) -> Transport:

@@ -11,13 +11,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from nurture.actors import Actors
 from nurture.db.queries.leases import release_lease, try_acquire_lease
+from nurture.flows.alert import find_stalled_alerts
 from nurture.flows.tick import dispatch, enroll
 from nurture.runtime import Runtime
 
@@ -34,9 +35,9 @@ class TickResult:
 
 
 class Scheduler:
-    def __init__(self, runtime: Runtime, enqueue: Callable[[Iterable[int]], int]) -> None:
+    def __init__(self, runtime: Runtime, actors: Actors) -> None:
         self.runtime = runtime
-        self.enqueue = enqueue
+        self.actors = actors
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         settings = runtime.settings
         self.interval = timedelta(seconds=settings.tick_interval_s)
@@ -65,9 +66,13 @@ class Scheduler:
         result = await dispatch(
             self.runtime.db, now, lease=self.lease, limit=settings.claim_batch, stale_after=self.stale_after
         )
-        enqueued = self.enqueue(result.claimed)
+        enqueued = self.actors.enqueue_deliveries(result.claimed)
         if enqueued:
             log.info("dispatched deliveries=%d", enqueued)
+        # An alert whose broker message was lost is found again here, as deliveries are by their leases.
+        stalled = await find_stalled_alerts(db=self.runtime.db, now=now)
+        if self.actors.enqueue_alerts(stalled):
+            log.warning("re-enqueued stalled alerts=%d", len(stalled))
         return enqueued, len(result.unknown)
 
     async def _is_leader(self, now: datetime) -> bool:

@@ -79,7 +79,7 @@ def wait_until_drained(actors: Actors, worker: Worker) -> None:
 async def run_tick(settings: Settings, *, clock: Clock, drain_queue: bool) -> TickResult:
     service = await open_service(settings, clock=clock)
     try:
-        scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries)
+        scheduler = Scheduler(service.runtime, service.actors)
         result = await scheduler.tick(clock.now())
         if drain_queue:
             await asyncio.to_thread(drain, service, settings.worker_threads)
@@ -94,10 +94,10 @@ async def run_forever(
     """Serve until SIGINT or SIGTERM, or until the tracking web (when `web` is given) stops on its own."""
     service = await open_service(settings)
     stop = asyncio.Event()
-    server = build_server(service.runtime, web) if web is not None else None
+    server = build_server(service.runtime, web, on_event=service.actors.enqueue_rescore) if web else None
     web_task = asyncio.create_task(_serve_web(server, stop)) if server is not None else None
     worker = start_worker(service, settings.worker_threads) if with_worker else None
-    scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries) if with_scheduler else None
+    scheduler = Scheduler(service.runtime, service.actors) if with_scheduler else None
     jobs = scheduler.start() if scheduler else None
     log.info("started scheduler=%s worker=%s web=%s", with_scheduler, with_worker, web)
     try:

@@ -1,18 +1,28 @@
-"""Unsubscribing on a real database (SQLite and PostgreSQL): one call stops every campaign of the lead."""
+"""Engagement on a real database (SQLite and PostgreSQL): recording events once, and unsubscribing, which
+stops every campaign of the lead."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
 from nurture.db.engine import Database
-from nurture.db.queries.tables import deliveries, enrollments, leads, touchpoints
+from nurture.db.queries.tables import deliveries, enrollments, events, leads, touchpoints
 from nurture.errors import PermanentSendError
 from nurture.flows.deliver import Mailer, Outcome, deliver
-from nurture.flows.engage import unsubscribe
+from nurture.flows.engage import (
+    InboundEvent,
+    NotRecorded,
+    RecordedEvent,
+    find_leads_by_email,
+    record_event,
+    record_events,
+    unsubscribe,
+)
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
 from tests.fakes import RecordingTransport
@@ -183,3 +193,171 @@ async def test_a_bounced_lead_that_unsubscribes_is_recorded_as_unsubscribed(
     assert (lead["suppressed"], lead["suppressed_reason"]) == (True, "unsubscribed")
     assert await unsubscribe(db, lead_id=lead_id, delivery_id=None, now=START + timedelta(days=2)) is False
     assert len(await _unsubscribed_touchpoints(db)) == 1
+
+
+# --- record_event -----------------------------------------------------------------------------------------
+
+
+async def _event_rows(db: Database) -> list[dict[str, Any]]:
+    return await _rows(db, select(events).order_by(events.c.id))
+
+
+async def _engagement_touchpoints(db: Database) -> list[dict[str, Any]]:
+    kinds = ("enrolled", "email_sent", "unsubscribed")
+    return await _rows(
+        db, select(touchpoints).where(touchpoints.c.kind.not_in(kinds)).order_by(touchpoints.c.id)
+    )
+
+
+async def test_record_event_stores_the_event_and_a_touchpoint_naming_the_campaign_step(
+    db: Database, catalog: Catalog, mailer: Mailer
+) -> None:
+    # Given a lead that got its first email
+    delivery_id = await _enrolled_and_first_step_sent(db, catalog, mailer)
+    lead_id = await _lead_id(db, "mei@example.com")
+    clicked_at, received_at = START + timedelta(hours=2), START + timedelta(hours=2, seconds=1)
+
+    # When it clicks a link of that email
+    recorded = await record_event(
+        db,
+        InboundEvent(
+            lead_id=lead_id,
+            type="email_click",
+            occurred_at=clicked_at,
+            url="https://acmeflow.example/tour",
+            user_agent="Mozilla/5.0",
+            delivery_id=delivery_id,
+            properties={"button": "tour"},
+        ),
+        now=received_at,
+    )
+
+    # Then the event and its touchpoint are stored, both labelled with the email they came from
+    [event] = await _event_rows(db)
+    assert recorded == RecordedEvent(event_id=event["id"], lead_id=lead_id)
+    assert (event["lead_id"], event["type"], event["delivery_id"]) == (lead_id, "email_click", delivery_id)
+    assert (event["occurred_at"], event["received_at"], event["idempotency_key"]) == (
+        clicked_at,
+        received_at,
+        None,
+    )
+    assert event["properties"] == {
+        "button": "tour",
+        "url": "https://acmeflow.example/tour",
+        "user_agent": "Mozilla/5.0",
+    }
+    [touch] = await _engagement_touchpoints(db)
+    [sent] = await _rows(db, select(deliveries).where(deliveries.c.id == delivery_id))
+    assert (touch["lead_id"], touch["kind"], touch["occurred_at"], touch["delivery_id"]) == (
+        lead_id,
+        "email_click",
+        clicked_at,
+        delivery_id,
+    )
+    assert (touch["campaign_id"], touch["step_id"]) == (sent["campaign_id"], sent["step_id"])
+    assert touch["detail"] == {"event_id": event["id"], "url": "https://acmeflow.example/tour"}
+
+
+async def test_an_event_replayed_with_the_same_idempotency_key_is_recorded_once(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    lead_id = await _lead_id(db, "mei@example.com")
+    event = InboundEvent(
+        lead_id=lead_id, type="content_download", occurred_at=START, idempotency_key="crm-42"
+    )
+
+    first = await record_event(db, event, now=START)
+    replay = await record_event(db, event, now=START + timedelta(minutes=5))
+    # A replay that differs in its body is still the same event
+    other = await record_event(
+        db,
+        InboundEvent(lead_id=lead_id, type="form_submit", occurred_at=START, idempotency_key="crm-42"),
+        now=START,
+    )
+
+    assert isinstance(first, RecordedEvent)
+    assert (replay, other) == (None, None)
+    assert [e["id"] for e in await _event_rows(db)] == [first.event_id]
+    assert [t["kind"] for t in await _engagement_touchpoints(db)] == ["content_download"]
+
+
+async def test_events_without_a_key_are_each_recorded(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    lead_id = await _lead_id(db, "mei@example.com")
+    opened = InboundEvent(lead_id=lead_id, type="email_open", occurred_at=START)
+
+    assert await record_event(db, opened, now=START) is not None
+    assert await record_event(db, opened, now=START) is not None
+
+    assert [e["type"] for e in await _event_rows(db)] == ["email_open", "email_open"]
+    assert len(await _engagement_touchpoints(db)) == 2
+
+
+async def test_record_event_for_an_unknown_lead_returns_none_and_stores_nothing(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    event = InboundEvent(lead_id=987_654, type="page_visit", occurred_at=START, url="https://a.example/")
+
+    assert await record_event(db, event, now=START) is None
+
+    assert await _event_rows(db) == []
+    assert await _engagement_touchpoints(db) == []
+
+
+async def test_a_delivery_of_another_lead_is_not_attached_to_the_event(
+    db: Database, catalog: Catalog, mailer: Mailer
+) -> None:
+    await _enrolled_and_first_step_sent(db, catalog, mailer)
+    mei, other = await _lead_id(db, "mei@example.com"), await _lead_id(db, "other@example.com")
+    [others] = await _rows(
+        db, select(deliveries.c.id).where(deliveries.c.lead_id == other, deliveries.c.status == "sent")
+    )
+
+    event = InboundEvent(lead_id=mei, type="email_open", occurred_at=START, delivery_id=others["id"])
+    assert await record_event(db, event, now=START) is not None
+
+    [stored] = await _event_rows(db)
+    [touch] = await _engagement_touchpoints(db)
+    assert (stored["delivery_id"], touch["delivery_id"], touch["campaign_id"]) == (None, None, None)
+
+
+async def test_record_events_reports_each_event_of_a_batch(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    mei, other = await _lead_id(db, "mei@example.com"), await _lead_id(db, "other@example.com")
+    batch = [
+        InboundEvent(lead_id=mei, type="meeting_booked", occurred_at=START, idempotency_key="m-1"),
+        InboundEvent(lead_id=404_404, type="form_submit", occurred_at=START),
+        InboundEvent(lead_id=mei, type="meeting_booked", occurred_at=START, idempotency_key="m-1"),
+        InboundEvent(lead_id=other, type="webinar_attended", occurred_at=START),
+    ]
+
+    outcomes = await record_events(db, batch, now=START)
+
+    assert [type(o) if isinstance(o, RecordedEvent) else o for o in outcomes] == [
+        RecordedEvent,
+        NotRecorded.UNKNOWN_LEAD,
+        NotRecorded.DUPLICATE,
+        RecordedEvent,
+    ]
+    assert [(e["lead_id"], e["type"]) for e in await _event_rows(db)] == [
+        (mei, "meeting_booked"),
+        (other, "webinar_attended"),
+    ]
+
+
+async def test_find_leads_by_email_maps_known_addresses_only(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    found = await find_leads_by_email(db, {"mei@example.com", "nobody@example.com"})
+    assert found == {"mei@example.com": await _lead_id(db, "mei@example.com")}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"type": "Page Visit"}, "slug"),
+        ({"type": "x" * 41}, "slug"),
+        ({"occurred_at": datetime(2026, 3, 2)}, "timezone-aware"),  # noqa: DTZ001 - the point of the test
+    ],
+)
+def test_an_inbound_event_refuses_what_its_tables_cannot_hold(changes: dict[str, Any], message: str) -> None:
+    values: dict[str, Any] = {"lead_id": 1, "type": "page_visit", "occurred_at": START, **changes}
+    with pytest.raises(ValueError, match=message):
+        InboundEvent(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.tracking import TrackedLink, read_token
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import start_sending
 from nurture.db.queries.tables import deliveries, enrollments, leads, touchpoints
@@ -113,6 +115,47 @@ async def test_deliver_sends_once_with_contract_headers_and_records_a_touchpoint
     assert (row["status"], row["message_id"], row["attempts"]) == ("sent", sent.message_id, 1)
     kinds = [t["kind"] for t in await _rows(db, select(touchpoints).order_by(touchpoints.c.id))]
     assert kinds == ["enrolled", "email_sent"]
+
+
+async def test_a_delivered_email_tracks_its_html_links_and_opens_but_not_its_unsubscribe_link(
+    db: Database, catalog: Catalog, mailer: Mailer, transport: RecordingTransport
+) -> None:
+    await import_leads(db, LEADS[:1], now=MONDAY_TAIPEI_10)
+    await enroll(db, catalog, MONDAY_TAIPEI_10)
+    [delivery_id] = (await dispatch(db, MONDAY_TAIPEI_10, lease=LEASE, limit=10, stale_after=STALE)).claimed
+    lead_id = await _lead_id(db, "fit@example.com")
+
+    assert await deliver(delivery_id, db=db, mailer=mailer, now=MONDAY_TAIPEI_10) is Outcome.SENT
+
+    [sent] = transport.sent
+    msg = email.message_from_bytes(sent.data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html_part is not None
+    assert text_part is not None
+    html, text = html_part.get_content(), text_part.get_content()
+    unsubscribe = msg["List-Unsubscribe"].strip("<>")
+    base = "https://track.example.com"
+    # Every web link of the HTML part is a click URL that leads to the template's link, for this delivery
+    hrefs = re.findall(r'href="([^"]+)"', html)
+    clicks = [h.removeprefix(f"{base}/t/c/") for h in hrefs if h.startswith(f"{base}/t/c/")]
+    targets = {read_token(t, kind="c", key=mailer.secret_key).url for t in clicks}
+    assert "https://acmeflow.example/tour/first-three-workflows" in targets
+    assert "https://acmeflow.example/privacy" in targets
+    for token in clicks:
+        link = read_token(token, kind="c", key=mailer.secret_key)
+        assert (link.lead_id, link.delivery_id) == (lead_id, delivery_id)
+    # The unsubscribe link is the one of the List-Unsubscribe header, untouched; nothing else is left
+    assert [h for h in hrefs if not h.startswith(f"{base}/t/c/")] == [unsubscribe]
+    # One open pixel, just before </body>
+    [pixel] = re.findall(
+        rf'<img src="{re.escape(base)}/t/o/([^"]+)" width="1" height="1"[^>]*>\s*</body>', html
+    )
+    assert read_token(pixel, kind="o", key=mailer.secret_key) == TrackedLink("o", lead_id, delivery_id)
+    # The text part keeps the plain URLs
+    assert "https://acmeflow.example/tour/first-three-workflows" in text
+    assert unsubscribe in text
+    assert "/t/c/" not in text
 
 
 async def test_a_transient_failure_is_retried_later_with_the_same_message_id(

@@ -96,7 +96,7 @@ async def test_the_nurture_loop_on_postgresql_redis_and_a_worker_process(
     await services.truncate_all(db)
     suppressed = await seed(db)
     service = await open_service(settings, clock=clock)
-    scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries)
+    scheduler = Scheduler(service.runtime, service.actors)
     clock_file = Path(worker_process["NURTURE_CLOCK_FILE"])
 
     async def tick(now: datetime) -> None:
@@ -126,7 +126,7 @@ async def test_the_nurture_loop_on_sqlite_with_the_embedded_broker(
     service = await open_service(settings, clock=clock)  # migrates the SQLite file
     db = service.runtime.db
     suppressed = await seed(db)
-    scheduler = Scheduler(service.runtime, service.actors.enqueue_deliveries)
+    scheduler = Scheduler(service.runtime, service.actors)
     worker = start_worker(service, settings.worker_threads)
 
     async def tick(now: datetime) -> None:

@@ -1,9 +1,20 @@
-"""Signed tracking tokens (HMAC-SHA256) and the URLs built from them. Pure: the key is passed in.
+"""Signed tracking tokens (HMAC-SHA256), the URLs built from them, and the tracking of an email's HTML.
+Pure: the key is passed in.
 
 A token is `<payload>.<tag>`: the payload is compact JSON in urlsafe base64 without padding, the tag the first
 128 bits of HMAC-SHA256 over the payload *text*, also urlsafe base64. Signing the text rather than the decoded
 bytes makes every token canonical: base64 has several spellings of the same bytes (the unused low bits of the
 last character), and each of them would otherwise verify.
+
+Every token names its kind in "k", and a reader accepts one kind only, so no token can stand in for another:
+
+    u  unsubscribe    l=lead, d=delivery (optional)     /u/{token}
+    o  open pixel     l=lead, d=delivery                /t/o/{token}
+    c  click          l=lead, d=delivery, u=target URL  /t/c/{token}
+    p  share link     l=lead, u=target URL, n=label     /t/p/{token}  (a rep's tracked link: "proposal")
+    v  visitor        l=lead                            the `nl` landing parameter that site.js keeps
+
+A click's target comes from its signed token only, so the redirect can never be pointed elsewhere.
 """
 
 from __future__ import annotations
@@ -13,13 +24,18 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from html import escape, unescape
+from html.entities import html5
+from html.parser import HTMLParser
 from typing import Final, cast
 
 from nurture.errors import TrackingTokenError
 
 _TAG_BYTES: Final = 16  # 128 bits: forging needs ~2**128 guesses, each one a web request
-_MAX_TOKEN_CHARS: Final = 2048  # longer input is refused before any decoding work
+MAX_TOKEN_CHARS: Final = 4096  # longer input is refused before any decoding work; fits ~2900-char URLs
 # Domain separation: a token tag can never be replayed as a Message-ID tag, and the reverse.
 _TOKEN_CONTEXT: Final = b"nurture.token.v1\x00"
 _MESSAGE_ID_CONTEXT: Final = b"nurture.message-id.v1\x00"
@@ -65,7 +81,7 @@ def verify_token(token: str, *, key: bytes) -> TrackingPayload:
         TrackingTokenError: the token was altered, truncated, extended, signed with another key or is garbage.
     """
     _check_key(key)
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
         raise TrackingTokenError("malformed tracking token")
     body, dot, tag = token.partition(".")
     if not dot or not hmac.compare_digest(_tag(body, key), tag):
@@ -105,3 +121,278 @@ def message_id_for(delivery_id: int, *, domain: str, key: bytes) -> str:
     mac = hmac.new(key, _MESSAGE_ID_CONTEXT + str(delivery_id).encode("ascii"), hashlib.sha256).digest()
     # hex, not base64: some mail systems compare Message-IDs case-insensitively
     return f"<d{delivery_id}.{mac[:8].hex()}@{domain}>"
+
+
+# --- tracking links -------------------------------------------------------------------------------------
+
+MAX_ID: Final = 2**63 - 1  # ids are BIGINT: a larger number can only be in a token we never issued
+# WHATWG URL parsing strips leading and trailing C0 controls and spaces from an href, so we do too.
+_URL_EDGE: Final = "".join(map(chr, range(0x21)))
+# Absolute http(s) with a host; no whitespace or control character anywhere (they end up in a Location).
+_TARGET: Final = re.compile(r"[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f/?#\\@]+(?:[/?#][^\x00-\x20\x7f]*)?")
+_LABEL: Final = re.compile(r"[a-z][a-z0-9_]{0,29}")
+# Which payload keys each kind must carry, and which it may.
+_FIELDS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
+    "u": (frozenset("kl"), frozenset("d")),
+    "o": (frozenset("kld"), frozenset()),
+    "c": (frozenset("kldu"), frozenset()),
+    "p": (frozenset("klun"), frozenset()),
+    "v": (frozenset("kl"), frozenset()),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedLink:
+    """What a verified tracking token says. `label` is a share link's kind ("proposal")."""
+
+    kind: str
+    lead_id: int
+    delivery_id: int | None = None
+    url: str | None = None
+    label: str | None = None
+
+
+def is_trackable_url(url: str) -> bool:
+    """True for an absolute http(s) URL with a host and no whitespace or control character in it."""
+    return len(url) <= MAX_TOKEN_CHARS and _TARGET.fullmatch(url) is not None
+
+
+def is_link_label(label: str) -> bool:
+    """True for a share-link kind: a lower-case slug of up to 30 characters (`proposal`, `pricing_sheet`)."""
+    return _LABEL.fullmatch(label) is not None
+
+
+def open_url(base_url: str, *, lead_id: int, delivery_id: int, key: bytes) -> str:
+    """Return the open-pixel URL of one delivery."""
+    return _tracking_url(base_url, {"k": "o", "l": lead_id, "d": delivery_id}, key=key)
+
+
+def click_url(base_url: str, *, lead_id: int, delivery_id: int, url: str, key: bytes) -> str:
+    """Return the URL that records a click on `url` in one delivery and redirects to it.
+
+    Raises:
+        ValueError: `url` is not an absolute http(s) URL, or is too long to fit in a token.
+    """
+    if not is_trackable_url(url):
+        raise ValueError("only absolute http(s) URLs can be tracked")
+    return _tracking_url(base_url, {"k": "c", "l": lead_id, "d": delivery_id, "u": url}, key=key)
+
+
+def share_url(base_url: str, *, lead_id: int, url: str, kind: str, key: bytes) -> str:
+    """Return a rep's tracked link to `url` for one lead; each opening is a `<kind>_view` event.
+
+    Raises:
+        ValueError: `url` is not an absolute http(s) URL or is too long, or `kind` is not a slug.
+    """
+    if not is_trackable_url(url):
+        raise ValueError("only absolute http(s) URLs can be tracked")
+    if not is_link_label(kind):
+        raise ValueError("a link kind is a lower-case slug such as 'proposal'")
+    return _tracking_url(base_url, {"k": "p", "l": lead_id, "u": url, "n": kind}, key=key)
+
+
+def visitor_token(lead_id: int, *, key: bytes) -> str:
+    """Return the token that identifies a lead on the marketing site (the `nl` landing parameter)."""
+    return sign_token({"k": "v", "l": lead_id}, key=key)
+
+
+def _tracking_url(base_url: str, payload: dict[str, str | int], *, key: bytes) -> str:
+    token = sign_token(payload, key=key)
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ValueError("the URL is too long to track")
+    return f"{base_url.rstrip('/')}/t/{payload['k']}/{token}"
+
+
+def read_token(token: str, *, kind: str, key: bytes) -> TrackedLink:
+    """Return what a token of `kind` says.
+
+    Raises:
+        TrackingTokenError: the token does not verify under `key`, is of another kind, or does not carry
+            exactly the fields its kind has.
+    """
+    payload = verify_token(token, key=key)
+    required, optional = _FIELDS[kind]
+    if payload.get("k") != kind or not required <= payload.keys() <= required | optional:
+        raise TrackingTokenError(f"not a tracking token of kind {kind!r}")
+    url, label = payload.get("u"), payload.get("n")
+    if url is not None and not (isinstance(url, str) and is_trackable_url(url)):
+        raise TrackingTokenError("tracking token carries an unusable URL")
+    if label is not None and not (isinstance(label, str) and is_link_label(label)):
+        raise TrackingTokenError("tracking token carries an unusable label")
+    delivery_id = payload.get("d")
+    return TrackedLink(kind, _id(payload["l"]), None if delivery_id is None else _id(delivery_id), url, label)
+
+
+def _id(value: str | int) -> int:
+    if not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise TrackingTokenError("tracking token carries an unusable id")
+    return value
+
+
+def with_visitor_param(url: str, token: str) -> str:
+    """Return `url` with `nl=<token>` as its last query parameter; every other byte of it is kept.
+
+    An `nl` the URL already had is dropped, so the landing page sees exactly one.
+    """
+    return _with_query(url, [f"nl={token}"])
+
+
+def without_visitor_param(url: str) -> str:
+    """Return `url` without its `nl` query parameters; every other byte of it is kept."""
+    return _with_query(url, [])
+
+
+def _with_query(url: str, added: list[str]) -> str:
+    rest, hash_, fragment = url.partition("#")
+    path, _, query = rest.partition("?")
+    existing = query.split("&") if query else []
+    kept = [part for part in existing if part.partition("=")[0] != "nl"]
+    if not added and len(kept) == len(existing):
+        return url  # nothing to take out
+    parts = [*kept, *added]
+    return f"{path}{'?' if parts else ''}{'&'.join(parts)}{hash_}{fragment}"
+
+
+# --- tracking an email's HTML -----------------------------------------------------------------------------
+
+# The tag and attribute syntax of the standard library's tolerant parser (html.parser, CPython 3.11), so an
+# attribute is found where that parser found it.
+_TAG_NAME: Final = re.compile(r"<[a-zA-Z][^\t\n\r\f />\x00]*(?:\s|/(?!>))*")
+_ATTRIBUTE: Final = re.compile(
+    r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?(?:\s|/(?!>))*"
+)
+_BODY_END: Final = re.compile(r"</body\s*>", re.IGNORECASE)
+_CHARREF: Final = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")  # as html.unescape
+NO_TRACKING_ATTRIBUTE: Final = "data-nurture-notrack"  # <a href=... data-nurture-notrack> stays as written
+
+
+class _StartTags(HTMLParser):
+    """Collects (offset, source) of each start tag named `name`, outside comments, scripts and styles."""
+
+    def __init__(self, html: str, name: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self._name = name
+        # The parser counts lines by "\n" alone; so do we.
+        self._line_starts = [0, *(m.end() for m in re.finditer("\n", html))]
+        self.found: list[tuple[int, str]] = []
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:  # CPython 3.11 refuses `<![foo]>`; browsers skip such a section as a comment
+            end = self.rawdata.find(">", i)
+            return -1 if end < 0 else end + 1
+
+    def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
+        text = self.get_starttag_text()
+        if tag == self._name and text is not None:
+            line, column = self.getpos()
+            self.found.append((self._line_starts[line - 1] + column, text))
+
+
+def _attributes(tag_text: str) -> dict[str, tuple[int, int, str]]:
+    """Map each attribute name (lower case, first one wins) to the span and raw text of its value."""
+    found: dict[str, tuple[int, int, str]] = {}
+    head = _TAG_NAME.match(tag_text)
+    position = head.end() if head else len(tag_text)
+    while (match := _ATTRIBUTE.match(tag_text, position)) is not None and match.end() > position:
+        name = match.group(1).lower()
+        start, end = match.span(3) if match.group(2) else (match.end(1), match.end(1))
+        found.setdefault(name, (start, end, tag_text[start:end] if match.group(2) else ""))
+        position = match.end()
+    return found
+
+
+def _never(_url: str) -> bool:
+    return False
+
+
+def rewrite_links(html: str, make_url: Callable[[str], str], *, skip: Callable[[str], bool] = _never) -> str:
+    """Return `html` with the href of every `<a>` that holds an http(s) URL replaced by `make_url(url)`.
+
+    `url` is the href as a browser reads it (entities such as `&amp;` decoded, the ends stripped). Links are
+    left as written when `skip(url)` is true, when `make_url` returns `url` itself, when they are not
+    absolute http(s) (mailto:, tel:, #anchors, relative), and when the tag carries `data-nurture-notrack`.
+    Links inside comments (Outlook's conditional blocks included), scripts and styles are not links. Every
+    byte but the rewritten values is kept; a new value is always written double-quoted and escaped.
+    """
+    parser = _StartTags(html, "a")
+    parser.feed(html)
+    parser.close()
+    edits: list[tuple[int, int, str]] = []
+    for offset, tag_text in parser.found:
+        if not html.startswith(tag_text, offset):  # never edit a place the parser did not point at exactly
+            continue
+        attributes = _attributes(tag_text)
+        href = attributes.get("href")
+        if href is None or NO_TRACKING_ATTRIBUTE in attributes:
+            continue
+        start, end, raw = href
+        url = attribute_text(raw[1:-1] if raw[:1] in ("'", '"') else raw).strip(_URL_EDGE)
+        if not is_trackable_url(url) or skip(url):
+            continue
+        new = make_url(url)
+        if new != url:
+            edits.append((offset + start, offset + end, f'"{escape(new, quote=True)}"'))
+    return _apply(html, edits)
+
+
+def attribute_text(value: str) -> str:
+    """Decode the character references of an attribute value as a browser does.
+
+    Unlike text, an attribute keeps a legacy reference written without ";" when a letter, digit or "=" follows
+    it: `?a=1&region=eu` is not `?a=1®ion=eu` (html.unescape would decode it).
+    """
+
+    def decode(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("#") or name in html5:
+            return unescape(match.group(0))
+        for end in range(len(name.rstrip(";")), 1, -1):  # the longest legacy name, as html.unescape
+            if name[:end] in html5:
+                rest = name[end:]
+                if rest[:1] == "=" or (rest[:1].isascii() and rest[:1].isalnum()):
+                    return match.group(0)
+                return html5[name[:end]] + rest
+        return match.group(0)
+
+    return _CHARREF.sub(decode, value) if "&" in value else value
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+    parts, position = [], 0
+    for start, end, replacement in edits:  # in document order, never overlapping
+        parts += [text[position:start], replacement]
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def add_open_pixel(html: str, pixel_url: str) -> str:
+    """Return `html` with a 1x1 image of `pixel_url` just before its last `</body>` (or at its end)."""
+    image = f'<img src="{escape(pixel_url, quote=True)}" width="1" height="1" alt="" border="0">'
+    ends = [match.start() for match in _BODY_END.finditer(html)]
+    if not ends:
+        return html + image
+    return html[: ends[-1]] + image + html[ends[-1] :]
+
+
+def track_html(
+    html: str, *, base_url: str, lead_id: int, delivery_id: int, key: bytes, keep: Collection[str] = ()
+) -> str:
+    """Rewrite the links of one delivery's HTML to signed click URLs and add its open pixel.
+
+    URLs in `keep` (the unsubscribe URL) and URLs already under `base_url`'s tracking paths stay as they
+    are; a URL too long to fit in a token stays as it is, untracked.
+    """
+    base = base_url.rstrip("/")
+    ours = (f"{base}/t/", f"{base}/u/")
+
+    def to_click(url: str) -> str:
+        try:
+            return click_url(base, lead_id=lead_id, delivery_id=delivery_id, url=url, key=key)
+        except ValueError:
+            return url
+
+    tracked = rewrite_links(html, to_click, skip=lambda url: url in keep or url.startswith(ours))
+    return add_open_pixel(tracked, open_url(base, lead_id=lead_id, delivery_id=delivery_id, key=key))

@@ -229,7 +229,8 @@ class ApiKey(Base):
 
 
 class Alert(Base):
-    """A hot-lead alert for a rep: written when a lead turns hot, delivered (and retried) by the alert actor."""
+    """An alert to a lead's rep (it crossed mql or hot, or hit a moment); the alert actor retries it until
+    delivered. `detail` holds the triggers, the moment events and the sinks that already delivered it."""
 
     __tablename__ = "alerts"
 

@@ -8,7 +8,7 @@ worker killed in between leaves it in `sending`, which the next dispatch reports
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from enum import StrEnum
@@ -21,7 +21,7 @@ from nurture.core.context import owner_of, sender_as_rep, template_context
 from nurture.core.lifecycle import send_hold
 from nurture.core.message import compose
 from nurture.core.schedule import due_at, lead_zone
-from nurture.core.tracking import message_id_for, unsubscribe_url
+from nurture.core.tracking import message_id_for, track_html, unsubscribe_url
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import (
     SendJob,
@@ -43,7 +43,7 @@ from nurture.errors import (
     TemplateError,
     TransientSendError,
 )
-from nurture.ports import OutgoingEmail, Renderer, Transport
+from nurture.ports import OutgoingEmail, RenderedEmail, Renderer, Transport
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def _build_message(job: SendJob, campaign: Campaign, mailer: Mailer, now: dateti
         postal_address=campaign.sender.postal_address or mailer.postal_address or "",
     )
     rendered = mailer.renderer.render_step(campaign.id, step.id, context)
+    rendered = _with_tracking(rendered, job, mailer, unsubscribe)
     reply_to = campaign.sender.reply_to
     if reply_to == "owner":
         reply_to = owner.email if job.profile.owner else None
@@ -174,6 +175,23 @@ def _build_message(job: SendJob, campaign: Campaign, mailer: Mailer, now: dateti
         step_id=step.id,
         sent_date=now,
     )
+
+
+def _with_tracking(rendered: RenderedEmail, job: SendJob, mailer: Mailer, unsubscribe: str) -> RenderedEmail:
+    """Turn the HTML part's links into signed click URLs and add its open pixel.
+
+    The unsubscribe link stays as it is (it must work without us), and so does the whole text part: its
+    readers copy URLs by hand, and a long token in plain text looks like spam.
+    """
+    html = track_html(
+        rendered.html,
+        base_url=mailer.base_url,
+        lead_id=job.lead.id,
+        delivery_id=job.delivery_id,
+        key=mailer.secret_key,
+        keep={unsubscribe},
+    )
+    return replace(rendered, html=html)
 
 
 async def _fail(db: Database, job: SendJob, error: str, now: datetime) -> Outcome:

@@ -1,1 +1,1 @@
-"""The tracking web (Starlette): `create_app(runtime)` in `app`, served by `server.build_server`."""
+"""The tracking web (Starlette): `create_app(runtime, on_event=...)` in `app`, served by `server`."""

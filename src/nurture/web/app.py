@@ -1,11 +1,16 @@
-"""The tracking web as an ASGI app: `create_app(runtime)`.
+"""The tracking web as an ASGI app: `create_app(runtime, on_event=...)`.
 
-Every answer carries `Cache-Control: no-store` (an unsubscribe page must never be served from a cache) and a
-Content-Security-Policy that allows no script, no frame and no form target but ourselves.
+Routes: `/healthz` and `/u/{token}` (routes), `/t/...` (tracking), `/api/leads` and `/api/events` (api),
+`/metrics` (Prometheus, in a registry of the app's own).
+
+Every answer carries `Cache-Control: no-store` unless its endpoint chose otherwise (an unsubscribe page must
+never be served from a cache; site.js may be) and a Content-Security-Policy that allows no script, no frame
+and no form target but ourselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from starlette.applications import Starlette
@@ -14,11 +19,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nurture.runtime import Runtime
+from nurture.web.api import ApiEndpoints, api_routes
+from nurture.web.metrics import WebMetrics
 from nurture.web.pages import CONTENT_SECURITY_POLICY, error_page, not_found_page
+from nurture.web.recorder import EventRecorder
 from nurture.web.routes import routes
+from nurture.web.tracking import TrackingEndpoints, tracking_routes
 
 SECURITY_HEADERS: Final = {
     "Cache-Control": "no-store",
@@ -29,17 +39,28 @@ SECURITY_HEADERS: Final = {
 }
 
 
-def create_app(runtime: Runtime) -> Starlette:
-    """Build the tracking web on `runtime`; the caller owns the runtime and closes it."""
+def create_app(runtime: Runtime, *, on_event: Callable[[int], None] | None = None) -> Starlette:
+    """Build the tracking web on `runtime`; the caller owns the runtime and closes it.
+
+    `on_event(lead_id)` is called once per request for each lead that got a new event (not for replays),
+    right after the commit and on the event loop: it must only enqueue (the lead's re-score).
+    """
+    metrics = WebMetrics()
+    recorder = EventRecorder(runtime.db, metrics, on_event)
     return Starlette(
-        routes=routes(runtime),
+        routes=[
+            *routes(runtime),
+            *tracking_routes(TrackingEndpoints(runtime, recorder, metrics)),
+            *api_routes(ApiEndpoints(runtime, recorder, metrics)),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+        ],
         middleware=[Middleware(SecurityHeadersMiddleware)],
         exception_handlers={HTTPException: _http_error},
     )
 
 
 class SecurityHeadersMiddleware:
-    """Set SECURITY_HEADERS on every HTTP response the app sends."""
+    """Set SECURITY_HEADERS on every HTTP response the app sends, unless the endpoint set one itself."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -53,7 +74,7 @@ class SecurityHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
-                    headers[name] = value
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

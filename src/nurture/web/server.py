@@ -8,7 +8,7 @@ setting `server.should_exit = True`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -36,13 +36,16 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build_server(runtime: Runtime, address: WebAddress) -> uvicorn.Server:
-    """Return a uvicorn server for `create_app(runtime)` that runs until its `should_exit` is set.
+def build_server(
+    runtime: Runtime, address: WebAddress, *, on_event: Callable[[int], None] | None = None
+) -> uvicorn.Server:
+    """Return a uvicorn server for `create_app(runtime, on_event=...)` that runs until `should_exit` is set.
 
-    Access logs are off: the unsubscribe URLs carry tokens that act for a lead, and logs carry ids only.
+    Access logs are off: tracking and unsubscribe URLs carry tokens that act for a lead, and logs carry ids
+    only.
     """
     config = uvicorn.Config(
-        create_app(runtime),
+        create_app(runtime, on_event=on_event),
         host=address.host,
         port=address.port,
         lifespan="off",

@@ -26,6 +26,7 @@ touchpoints = _table(models.Touchpoint)
 events = _table(models.Event)
 scheduler_leases = _table(models.SchedulerLease)
 catalog_state = _table(models.CatalogState)
+alerts = _table(models.Alert)
 
 
 def lead_value(row: Row[Any]) -> LeadValue:

@@ -1,0 +1,194 @@
+"""The HTTP API, authenticated with API keys (`Authorization: Bearer nk_...`).
+
+    POST /api/leads    one lead (object) or many (array): upserted by email as a CSV import would
+    POST /api/events   one event (object) or many (array): {email | lead_id, type, occurred_at?, url?, id?,
+                       user_agent?, properties?}
+
+Answers are JSON. 401 without a valid, unrevoked key; 400 for a body that is not JSON or not an object or an
+array; 413 for a body over the limit. Bad items are rejected one by one with the field and the reason while
+the good ones go in.
+
+Events: an `id` (or, for a single event, the `Idempotency-Key` header) makes a replay count once; a replay is
+answered 200 `{"duplicate": true}` and enqueues nothing. A single new event is answered 202 with its id, a
+single bad one 422. An array is answered 200 with what became of each item.
+
+Leads: 200 with the counts and the rejected items; 422 when every item was rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from nurture.core.lead import normalise_email
+from nurture.errors import DatabaseUnavailableError
+from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, find_leads_by_email
+from nurture.flows.ingest import import_leads
+from nurture.runtime import Runtime
+from nurture.web.auth import authenticate
+from nurture.web.http import BodyError, json_error, read_json
+from nurture.web.metrics import WebMetrics
+from nurture.web.payloads import EventPayload, Rejected, lead_row, parse_event, split_reason
+from nurture.web.recorder import EventRecorder
+
+MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+MAX_LEADS: Final = 10_000
+MAX_EVENTS: Final = 1_000
+UNAUTHORIZED: Final = {"WWW-Authenticate": 'Bearer realm="nurture"'}
+
+Body = dict[str, Any] | list[Any]
+Handler = Callable[[Request, Body], Awaitable[Response]]
+
+
+class ApiEndpoints:
+    def __init__(self, runtime: Runtime, recorder: EventRecorder, metrics: WebMetrics) -> None:
+        self._runtime = runtime
+        self._recorder = recorder
+        self._metrics = metrics
+
+    async def leads(self, request: Request) -> Response:
+        return await self._guarded(request, "api_leads", MAX_LEADS, self._upsert_leads)
+
+    async def events(self, request: Request) -> Response:
+        return await self._guarded(request, "api_events", MAX_EVENTS, self._record_events)
+
+    async def _guarded(self, request: Request, route: str, max_items: int, handle: Handler) -> Response:
+        """Authenticate, read the body as one item or an array of them, and hand it to `handle`."""
+        try:
+            if await authenticate(self._runtime.db, request.headers.get("authorization")) is None:
+                self._metrics.request(route, "unauthorized")
+                return json_error(401, "a valid API key is required", headers=UNAUTHORIZED)
+            body = await read_json(request, max_bytes=MAX_BODY_BYTES)
+            if not isinstance(body, dict | list):
+                raise BodyError(400, "the body is a JSON object or an array of objects")
+            if isinstance(body, list) and len(body) > max_items:
+                raise BodyError(413, f"at most {max_items} items per request")
+            response = await handle(request, body)
+        except BodyError as exc:
+            self._metrics.request(route, "too_large" if exc.status_code == 413 else "rejected")
+            return json_error(exc.status_code, exc.message)
+        except DatabaseUnavailableError:
+            self._metrics.request(route, "error")
+            return json_error(503, "the database is unavailable; try again", headers={"Retry-After": "5"})
+        self._metrics.request(route, "ok" if response.status_code < 300 else "rejected")
+        return response
+
+    async def _upsert_leads(self, _request: Request, body: Body) -> Response:
+        items = body if isinstance(body, list) else [body]
+        rows: list[dict[str, str | None]] = []
+        positions: list[int] = []  # the item index of each row handed to the import
+        rejected: list[Rejected] = []
+        for index, item in enumerate(items):
+            row = lead_row(item, index=index)
+            if isinstance(row, Rejected):
+                rejected.append(row)
+            else:
+                rows.append(row)
+                positions.append(index)
+        report = await import_leads(self._runtime.db, rows, now=self._runtime.clock.now(), first_row_number=0)
+        for error in report.rejected:
+            field, reason = split_reason(error.reason)
+            rejected.append(Rejected(positions[error.row], field, reason))
+        rejected.sort(key=lambda r: r.index)
+        data = {
+            "received": len(items),
+            "inserted": report.inserted,
+            "updated": report.updated,
+            "rejected": [r.as_json() for r in rejected],
+        }
+        return JSONResponse(data, status_code=422 if items and not report.accepted else 200)
+
+    async def _record_events(self, request: Request, body: Body) -> Response:
+        now = self._runtime.clock.now()
+        items = body if isinstance(body, list) else [_with_idempotency_key(body, request)]
+        if isinstance(body, list) and "idempotency-key" in request.headers:
+            raise BodyError(400, "Idempotency-Key is for a single event; give each event of an array an id")
+        parsed = [parse_event(item, index=i, now=now) for i, item in enumerate(items)]
+        events, rejected = await self._resolve(parsed, now)
+        outcomes = await self._recorder.record([e for _, e in events], now=now) if events else []
+        results: list[dict[str, Any]] = []
+        for (index, event), outcome in zip(events, outcomes, strict=True):
+            if outcome is NotRecorded.UNKNOWN_LEAD:
+                rejected.append(Rejected(index, "lead_id", "no such lead"))
+            elif isinstance(outcome, RecordedEvent):
+                results.append({"index": index, "event_id": outcome.event_id, "lead_id": event.lead_id})
+            else:
+                results.append({"index": index, "duplicate": True, "lead_id": event.lead_id})
+        rejected.sort(key=lambda r: r.index)
+        if isinstance(body, list):
+            return JSONResponse(_batch_answer(len(items), results, rejected))
+        if rejected:
+            return json_error(422, rejected[0].reason, field=rejected[0].field)
+        [result] = results
+        if result.get("duplicate"):
+            return JSONResponse({"duplicate": True, "lead_id": result["lead_id"]})
+        return JSONResponse({**result, "duplicate": False}, status_code=202)
+
+    async def _resolve(
+        self, parsed: list[EventPayload | Rejected], now: datetime
+    ) -> tuple[list[tuple[int, InboundEvent]], list[Rejected]]:
+        """Find each event's lead by email or id: the events to record (with their index) and the rejects."""
+        rejected = [p for p in parsed if isinstance(p, Rejected)]
+        emails: dict[int, str] = {}
+        for index, payload in enumerate(parsed):
+            if isinstance(payload, EventPayload) and payload.email is not None:
+                try:
+                    emails[index] = normalise_email(payload.email)
+                except ValueError as exc:
+                    rejected.append(Rejected(index, "email", str(exc)))
+        lead_ids = await find_leads_by_email(self._runtime.db, set(emails.values())) if emails else {}
+        events: list[tuple[int, InboundEvent]] = []
+        for index, payload in enumerate(parsed):
+            if not isinstance(payload, EventPayload) or (payload.email is not None and index not in emails):
+                continue
+            lead_id = lead_ids.get(emails[index]) if index in emails else payload.lead_id
+            if lead_id is None:
+                rejected.append(Rejected(index, "email", "no lead with this email"))
+                continue
+            events.append((index, _inbound(payload, lead_id, now)))
+        return events, rejected
+
+
+def _with_idempotency_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    """A single event with the request's `Idempotency-Key` as its id (which it must agree with)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return body
+    key = key.strip()
+    if not 0 < len(key) <= 200 or not key.isprintable() or body.get("id", key) != key:
+        raise BodyError(400, "Idempotency-Key must be 1-200 characters and agree with the event's id")
+    return {**body, "id": key}
+
+
+def _inbound(payload: EventPayload, lead_id: int, now: datetime) -> InboundEvent:
+    return InboundEvent(
+        lead_id=lead_id,
+        type=payload.type,
+        occurred_at=payload.occurred_at or now,
+        url=payload.url,
+        user_agent=payload.user_agent,
+        idempotency_key=payload.id,
+        properties=payload.properties,
+    )
+
+
+def _batch_answer(received: int, results: list[dict[str, Any]], rejected: list[Rejected]) -> dict[str, Any]:
+    return {
+        "received": received,
+        "recorded": sum(1 for r in results if not r.get("duplicate")),
+        "duplicates": sum(1 for r in results if r.get("duplicate")),
+        "rejected": [r.as_json() for r in rejected],
+        "events": results,
+    }
+
+
+def api_routes(endpoints: ApiEndpoints) -> list[Route]:
+    return [
+        Route("/api/leads", endpoints.leads, methods=["POST"]),
+        Route("/api/events", endpoints.events, methods=["POST"]),
+    ]

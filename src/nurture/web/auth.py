@@ -1,0 +1,87 @@
+"""API keys for `/api/*`: `nk_<prefix>_<secret>`, shown once when created, kept only as prefix + SHA-256.
+
+The prefix (8 hex digits) finds the row without a scan and names the key in `nurture apikey list`; the secret
+(32 random bytes) is what makes it a key. A request authenticates with `Authorization: Bearer <key>`; the
+SHA-256 of what it presents is compared with the stored one in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from nurture.db.engine import Database
+from nurture.db.queries.apikeys import (
+    StoredApiKey,
+    fetch_active_api_key,
+    fetch_api_keys,
+    insert_api_key,
+    revoke_api_key,
+)
+
+_KEY: Final = re.compile(r"nk_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
+MAX_NAME_CHARS: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedApiKey:
+    key: str  # the only time the whole key exists outside the client
+    prefix: str
+    name: str
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def key_prefix(key: str) -> str | None:
+    """The prefix of a well-formed key, or None for anything else."""
+    match = _KEY.fullmatch(key)
+    return match.group(1) if match else None
+
+
+async def issue_api_key(db: Database, *, name: str, now: datetime) -> IssuedApiKey:
+    """Create a key named `name` and return it; only its prefix and hash are stored.
+
+    Raises:
+        ValueError: the name is empty, longer than 100 characters or holds a control character.
+    """
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise ValueError(f"a key name is 1 to {MAX_NAME_CHARS} printable characters")
+    async with db.transaction() as conn:
+        taken = {k.prefix for k in await fetch_api_keys(conn)}
+        prefix = next(p for p in iter(lambda: secrets.token_hex(4), None) if p not in taken)
+        key = f"nk_{prefix}_{secrets.token_urlsafe(32)}"
+        await insert_api_key(conn, name=name, prefix=prefix, key_hash=hash_api_key(key), now=now)
+    return IssuedApiKey(key=key, prefix=prefix, name=name)
+
+
+async def list_api_keys(db: Database) -> list[StoredApiKey]:
+    async with db.transaction() as conn:
+        return await fetch_api_keys(conn)
+
+
+async def revoke_key(db: Database, prefix: str, *, now: datetime) -> bool:
+    """Revoke the key with `prefix` (or given whole); False when no active key has it."""
+    prefix = key_prefix(prefix) or prefix
+    async with db.transaction() as conn:
+        return await revoke_api_key(conn, prefix, now=now)
+
+
+async def authenticate(db: Database, authorization: str | None) -> StoredApiKey | None:
+    """The active key an `Authorization: Bearer <key>` header presents, or None."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    prefix = key_prefix(key.strip()) if scheme.lower() == "bearer" else None
+    if prefix is None:
+        return None
+    async with db.transaction() as conn:
+        stored = await fetch_active_api_key(conn, prefix)
+    if stored is None or not hmac.compare_digest(hash_api_key(key.strip()), stored.key_hash):
+        return None
+    return stored
