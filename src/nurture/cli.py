@@ -11,7 +11,7 @@ import csv
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -38,6 +38,7 @@ from nurture.service import run_forever, run_tick
 from nurture.settings import Settings, load_settings
 from nurture.web.auth import IssuedApiKey, issue_api_key, list_api_keys, revoke_key
 from nurture.web.server import WebAddress
+from nurture.web.sessions import IssuedLoginLink, issue_login_link
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Campaigns-as-code B2B lead nurturing.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -606,6 +607,43 @@ def link_create(
         link = share_url(settings.base_url, lead_id=found[address], url=url, kind=kind, key=key)
         data = {"url": link, "lead": address, "lead_id": found[address], "kind": kind, "target": url}
         _print_data(data, fmt, lambda: link)
+
+
+@app.command("login-link")
+def login_link(
+    api_key: Annotated[str, typer.Option("--key", help="The rep's API key prefix (8 hex digits after nk_).")],
+    lead: Annotated[
+        int | None, typer.Option("--lead", help="Then open this lead (its id, as in alerts).", min=1)
+    ] = None,
+    minutes: Annotated[int, typer.Option(help="How long the link works.", min=1, max=1440)] = 15,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Print a one-time link that signs a rep's browser in with their key, for a rep reading an alert."""
+    with _reported():
+        settings = _settings()
+        now = build_clock(settings).now()
+        key = secret_key(settings)
+        next_path = f"/leads/{lead}" if lead is not None else None
+
+        async def issue(db: Database) -> IssuedLoginLink:
+            try:
+                return await issue_login_link(
+                    db,
+                    api_key,
+                    base_url=settings.base_url,
+                    key=key,
+                    now=now,
+                    ttl=timedelta(minutes=minutes),
+                    next_path=next_path,
+                )
+            except ValueError as exc:
+                raise NurtureError(str(exc)) from None
+
+        link = asyncio.run(_on_database(settings, issue))
+        if fmt is Format.table:
+            err.print(f"Works once, until {_when(link.expires_at)} UTC.", markup=False)
+        data = {"url": link.url, "key_prefix": link.key_prefix, "expires_at": _iso(link.expires_at)}
+        _print_data(data, fmt, lambda: link.url)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Render a campaign step for one lead (subject, HTML and text) in a Jinja2 sandbox.
 
-The only module that imports jinja2, css_inline and inscriptis. Each step's templates are compiled once and
-cached. `check_templates` runs the same compile-and-render path on sample data, so `nurture validate` finds
-what a real send would trip over, and reports it as `file:line`.
+The only module that renders marketing's templates (the web pages have their own, packaged ones). Each
+step's templates are compiled once and cached. `check_templates` runs the same compile-and-render path on
+sample data, so `nurture validate` finds what a real send would trip over, and reports it as `file:line`.
 """
 
 from __future__ import annotations

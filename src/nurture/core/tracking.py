@@ -13,8 +13,11 @@ Every token names its kind in "k", and a reader accepts one kind only, so no tok
     c  click          l=lead, d=delivery, u=target URL  /t/c/{token}
     p  share link     l=lead, u=target URL, n=label     /t/p/{token}  (a rep's tracked link: "proposal")
     v  visitor        l=lead                            the `nl` landing parameter that site.js keeps
+    s  session        a=API key, e=expiry               a rep's session cookie
+    l  login link     a=API key, e=expiry, n=nonce      /login/{token}  (works once: the nonce is claimed)
 
-A click's target comes from its signed token only, so the redirect can never be pointed elsewhere.
+A click's target comes from its signed token only, so the redirect can never be pointed elsewhere. A session
+and a login link are different kinds, so a link can never be set as a cookie to get around its single use.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape, unescape
 from html.entities import html5
 from html.parser import HTMLParser
@@ -396,3 +400,69 @@ def track_html(
 
     tracked = rewrite_links(html, to_click, skip=lambda url: url in keep or url.startswith(ours))
     return add_open_pixel(tracked, open_url(base, lead_id=lead_id, delivery_id=delivery_id, key=key))
+
+
+# --- reps' sessions ---------------------------------------------------------------------------------------
+
+_LOGIN_FIELDS: Final = {"s": frozenset("kae"), "l": frozenset("kaen")}
+_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{16,32}")  # short: the database keeps it once used
+_MAX_EXPIRY_S: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+
+
+@dataclass(frozen=True, slots=True)
+class SignedLogin:
+    """What a verified session ("s") or login-link ("l") token says."""
+
+    kind: str
+    api_key_id: int
+    expires_at: datetime  # aware UTC, whole seconds
+    nonce: str | None = None  # a login link's: claimed when it is used, so it works once
+
+
+def session_token(api_key_id: int, *, expires_at: datetime, key: bytes) -> str:
+    """Return a session cookie value for the rep who signed in with API key `api_key_id`."""
+    return sign_token({"k": "s", "a": _key_id(api_key_id), "e": _epoch(expires_at)}, key=key)
+
+
+def login_link_token(api_key_id: int, *, expires_at: datetime, nonce: str, key: bytes) -> str:
+    """Return the token of a login link (`/login/{token}`) that starts a session for `api_key_id` once.
+
+    Raises:
+        ValueError: `nonce` is not 16-32 URL-safe characters, `expires_at` is naive or the id is not one.
+    """
+    if not _NONCE.fullmatch(nonce):
+        raise ValueError("a login link nonce is 16-32 URL-safe characters")
+    payload: dict[str, str | int] = {"k": "l", "a": _key_id(api_key_id), "e": _epoch(expires_at), "n": nonce}
+    return sign_token(payload, key=key)
+
+
+def read_login_token(token: str, *, kind: str, now: datetime, key: bytes) -> SignedLogin:
+    """Return what a session (`kind="s"`) or login-link (`kind="l"`) token says, if still valid at `now`.
+
+    Raises:
+        TrackingTokenError: the token does not verify, is of another kind or shape, or has expired.
+    """
+    payload = verify_token(token, key=key)
+    if payload.get("k") != kind or payload.keys() != _LOGIN_FIELDS[kind]:
+        raise TrackingTokenError(f"not a token of kind {kind!r}")
+    expiry, nonce = payload["e"], payload.get("n")
+    if not isinstance(expiry, int) or not 0 < expiry <= _MAX_EXPIRY_S:
+        raise TrackingTokenError("token carries an unusable expiry")
+    if nonce is not None and not (isinstance(nonce, str) and _NONCE.fullmatch(nonce)):
+        raise TrackingTokenError("token carries an unusable nonce")
+    expires_at = datetime.fromtimestamp(expiry, UTC)
+    if expires_at <= now:
+        raise TrackingTokenError("token has expired")
+    return SignedLogin(kind, _id(payload["a"]), expires_at, nonce)
+
+
+def _key_id(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ValueError(f"not an API key id: {value!r}")
+    return value
+
+
+def _epoch(at: datetime) -> int:
+    if at.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
+    return int(at.timestamp())

@@ -1,4 +1,7 @@
-"""Explain one lead (`nurture lead show`): its profile, how its score is made, its campaigns and timeline.
+"""Explain one lead: its profile, how its score is made, its campaigns and timeline.
+
+`explain_lead` backs `nurture lead show`; `lead_timeline` backs the rep's page `GET /leads/{id}`, with the
+score and stage history and every touchpoint, a page at a time.
 
 The score is recomputed at `now` with the current rules, event by event, so the explanation always adds up;
 the stored score is shown beside it, and differs only until the next rescore.
@@ -6,10 +9,14 @@ the stored score is shown beside it, and differs only until the next rescore.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, TypeGuard
 
 from nurture.catalog import Catalog
+from nurture.core.context import Rep
+from nurture.core.lead import is_time_zone
 from nurture.core.scoring import ScoreBreakdown, score
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import AlertSummary, fetch_alerts_of_lead, fetch_timeline
@@ -19,8 +26,18 @@ from nurture.db.queries.scoring import (
     fetch_engagement_events,
     fetch_enrollments,
     fetch_lead_by_email,
+    fetch_lead_by_id,
+)
+from nurture.db.queries.timeline import (
+    TouchpointRow,
+    count_touchpoints,
+    fetch_touchpoint_page,
+    fetch_touchpoints_of_kinds,
 )
 from nurture.ports import TimelineEntry
+
+TIMELINE_PAGE: Final = 200  # touchpoints a page
+HISTORY_LIMIT: Final = 200  # the latest this many score changes, stage changes and alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +79,109 @@ async def find_lead(email: str, *, db: Database) -> LeadRecord | None:
     """The lead with this (normalised) email, or None."""
     async with db.transaction() as conn:
         return await fetch_lead_by_email(conn, email)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChange:
+    occurred_at: datetime
+    before: int
+    after: int
+    recomputed: bool  # by `nurture rescore` after the rules changed, not by anything the lead did
+
+
+@dataclass(frozen=True, slots=True)
+class StageChangeRecord:
+    occurred_at: datetime
+    before: str
+    after: str
+    reason: str | None  # "qualified: score 55 >= 50"
+
+
+@dataclass(frozen=True, slots=True)
+class LeadTimeline:
+    """Everything a rep's page shows about one lead, with one page of its touchpoints."""
+
+    lead: LeadRecord
+    owner: Rep | None  # the lead's owner as the reps file knows them
+    zone: str  # the IANA zone the page shows times in: the lead's own, else "UTC"
+    breakdown: ScoreBreakdown  # at `scored_at`, with the rules from `rules_source`; oldest event first
+    scored_at: datetime
+    rules_source: str
+    score_history: tuple[ScoreChange, ...]  # newest first
+    stage_changes: tuple[StageChangeRecord, ...]  # newest first
+    enrollments: tuple[EnrollmentRow, ...]  # oldest first
+    alerts: tuple[AlertSummary, ...]  # newest first
+    touchpoints: tuple[TouchpointRow, ...]  # newest first: this page
+    touchpoint_count: int  # every touchpoint of the lead
+    before: int | None  # the cursor this page starts below; None for the newest page
+    older: int | None  # the cursor of the next, older page; None when this page is the last
+
+
+async def lead_timeline(
+    lead_id: int,
+    *,
+    db: Database,
+    catalog: Catalog,
+    now: datetime,
+    limit: int = TIMELINE_PAGE,
+    before: int | None = None,
+) -> LeadTimeline | None:
+    """The rep's view of lead `lead_id` at `now`; None if there is no such lead.
+
+    `limit` touchpoints are returned, newest first; `before` (a page's `older`) continues below that one.
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    async with db.transaction() as conn:
+        lead = await fetch_lead_by_id(conn, lead_id)
+        if lead is None:
+            return None
+        logged = await fetch_engagement_events(conn, lead_id)
+        enrollments = await fetch_enrollments(conn, lead_id)
+        alerts = await fetch_alerts_of_lead(conn, lead_id, limit=HISTORY_LIMIT)
+        scores = await fetch_touchpoints_of_kinds(conn, lead_id, ["score_change"], limit=HISTORY_LIMIT)
+        stages = await fetch_touchpoints_of_kinds(conn, lead_id, ["stage_change"], limit=HISTORY_LIMIT)
+        page = await fetch_touchpoint_page(conn, lead_id, limit=limit + 1, before=before)
+        count = await count_touchpoints(conn, lead_id)
+    zone = lead.profile.timezone
+    return LeadTimeline(
+        lead=lead,
+        owner=catalog.reps.get(lead.profile.owner or ""),
+        zone=zone if zone and is_time_zone(zone) else "UTC",
+        breakdown=score([e.event for e in logged], catalog.scoring, now),
+        scored_at=now,
+        rules_source=catalog.scoring.source,
+        score_history=_score_changes(scores),
+        stage_changes=_stage_changes(stages),
+        enrollments=tuple(enrollments),
+        alerts=tuple(alerts),
+        touchpoints=tuple(page[:limit]),
+        touchpoint_count=count,
+        before=before,
+        older=page[limit - 1].id if len(page) > limit else None,
+    )
+
+
+def _score_changes(rows: Sequence[TouchpointRow]) -> tuple[ScoreChange, ...]:
+    """The `score_change` touchpoints as changes; one whose detail is not two whole numbers is left out."""
+    changes = []
+    for row in rows:
+        before, after = row.detail.get("before"), row.detail.get("after")
+        if _is_int(before) and _is_int(after):
+            changes.append(ScoreChange(row.occurred_at, before, after, row.detail.get("recomputed") is True))
+    return tuple(changes)
+
+
+def _stage_changes(rows: Sequence[TouchpointRow]) -> tuple[StageChangeRecord, ...]:
+    changes = []
+    for row in rows:
+        before, after, reason = (row.detail.get(k) for k in ("before", "after", "reason"))
+        if isinstance(before, str) and isinstance(after, str):
+            changes.append(
+                StageChangeRecord(row.occurred_at, before, after, reason if isinstance(reason, str) else None)
+            )
+    return tuple(changes)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

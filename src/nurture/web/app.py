@@ -1,7 +1,8 @@
 """The tracking web as an ASGI app: `create_app(runtime, on_event=...)`.
 
 Routes: `/healthz` and `/u/{token}` (routes), `/t/...` (tracking), `/api/leads` and `/api/events` (api),
-`/metrics` (Prometheus, in a registry of the app's own).
+`/metrics` (Prometheus, in a registry of the app's own), and the reps' pages: `/login`, `/login/{token}`,
+`/logout` and `/` (login), `/leads/{id}` (leads).
 
 Every answer carries `Cache-Control: no-store` unless its endpoint chose otherwise (an unsubscribe page must
 never be served from a cache; site.js may be) and a Content-Security-Policy that allows no script, no frame
@@ -24,11 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nurture.runtime import Runtime
 from nurture.web.api import ApiEndpoints, api_routes
+from nurture.web.leads import LeadEndpoints, lead_routes
+from nurture.web.login import LoginEndpoints, RepAuth, login_routes
 from nurture.web.metrics import WebMetrics
 from nurture.web.pages import CONTENT_SECURITY_POLICY, error_page, not_found_page
 from nurture.web.recorder import EventRecorder
 from nurture.web.routes import routes
 from nurture.web.tracking import TrackingEndpoints, tracking_routes
+from nurture.web.views import Views
 
 SECURITY_HEADERS: Final = {
     "Cache-Control": "no-store",
@@ -47,12 +51,16 @@ def create_app(runtime: Runtime, *, on_event: Callable[[int], None] | None = Non
     """
     metrics = WebMetrics()
     recorder = EventRecorder(runtime.db, metrics, on_event)
+    views = Views()
+    reps = RepAuth(runtime)
     return Starlette(
         routes=[
             *routes(runtime),
             *tracking_routes(TrackingEndpoints(runtime, recorder, metrics)),
             *api_routes(ApiEndpoints(runtime, recorder, metrics)),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
+            *login_routes(LoginEndpoints(runtime, views, reps), views),
+            *lead_routes(LeadEndpoints(runtime, views, reps), views),
         ],
         middleware=[Middleware(SecurityHeadersMiddleware)],
         exception_handlers={HTTPException: _http_error},

@@ -1,10 +1,11 @@
-"""Small helpers shared by the tracking and API endpoints: bounded request bodies and JSON answers."""
+"""Small helpers shared by the endpoints: bounded request bodies (JSON or a form) and JSON answers."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -24,6 +25,39 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
     Raises:
         BodyError: 413 for a larger body, 400 for one that is not UTF-8 JSON.
     """
+    body = await read_body(request, max_bytes=max_bytes)
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise BodyError(400, f"the body is not valid JSON: {exc}") from None
+
+
+async def read_form(request: Request, *, max_bytes: int) -> dict[str, str]:
+    """Return an `application/x-www-form-urlencoded` body as a dict (the first value of each field).
+
+    Raises:
+        BodyError: 415 for another content type, 413 for a larger body, 400 for one that is not UTF-8.
+    """
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise BodyError(415, "the body must be application/x-www-form-urlencoded")
+    body = await read_body(request, max_bytes=max_bytes)
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BodyError(400, "the form is not UTF-8") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    return form
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """Return the request body, read up to `max_bytes` and no further.
+
+    Raises:
+        BodyError: 413 for a larger body.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, f"the body is larger than {max_bytes} bytes")
@@ -34,10 +68,7 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
         if size > max_bytes:
             raise BodyError(413, f"the body is larger than {max_bytes} bytes")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise BodyError(400, f"the body is not valid JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -49,3 +80,38 @@ def json_error(
 ) -> JSONResponse:
     """A JSON error answer: `{"error": message, **extra}`."""
     return JSONResponse({"error": message, **extra}, status_code=status_code, headers=headers)
+
+
+def media_quality(accept: str | None, media_type: str) -> float:
+    """How much an `Accept` header wants `media_type` (its q, through `type/*` and `*/*`); 1.0 when absent."""
+    if not accept:
+        return 1.0
+    kind = media_type.partition("/")[0]
+    found: dict[str, float] = {}
+    for part in accept.lower().split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    weight = 0.0
+        found.setdefault(media, weight)
+    for candidate in (media_type, f"{kind}/*", "*/*"):
+        if candidate in found:
+            return found[candidate]
+    return 0.0
+
+
+def prefers_json(request: Request) -> bool:
+    """True when the client asks for JSON over HTML (`Accept: application/json`)."""
+    accept = request.headers.get("accept")
+    return media_quality(accept, "application/json") > media_quality(accept, "text/html")
+
+
+def is_browser_navigation(request: Request) -> bool:
+    """True for a browser loading a page: it names `text/html` in `Accept` and does not prefer JSON."""
+    accept = (request.headers.get("accept") or "").lower()
+    return "text/html" in accept and media_quality(accept, "text/html") > 0 and not prefers_json(request)

@@ -15,12 +15,18 @@ _STYLE: Final = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}"
     "h1{font-size:1.4rem}button{font:inherit;padding:.5rem 1.2rem;cursor:pointer}"
 )
-_STYLE_HASH: Final = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 
-CONTENT_SECURITY_POLICY: Final = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
+
+def content_security_policy(style: str) -> str:
+    """A policy that allows no script, frame or foreign form target, and the one inline `style` only."""
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    return (
+        f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+CONTENT_SECURITY_POLICY: Final = content_security_policy(_STYLE)
 
 # No `action`: the form posts back to the URL the page was fetched from, prefix and all (RFC 8058 body).
 _UNSUBSCRIBE_FORM: Final = (

@@ -1,14 +1,22 @@
-"""Queries on API keys: only a key's prefix (to find it) and its SHA-256 (to check it) are ever stored."""
+"""Queries on API keys: only a key's prefix (to find it) and its SHA-256 (to check it) are ever stored.
+
+The login links made for a key (`nurture login-link`) work once: a used link's nonce is kept in
+`catalog_state` (the small key/value table) until the link would have expired anyway.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Final
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.db import models
+from nurture.db.queries.tables import catalog_state, dialect_insert
+
+_USED_LINK: Final = "login_link:"  # + nonce: the catalog_state key of a login link that was used
 
 
 def _api_keys_table() -> Table:
@@ -64,3 +72,35 @@ async def revoke_api_key(conn: AsyncConnection, prefix: str, *, now: datetime) -
         .returning(api_keys.c.id)
     )
     return (await conn.execute(stmt)).first() is not None
+
+
+async def fetch_active_api_key_by_id(conn: AsyncConnection, key_id: int) -> StoredApiKey | None:
+    """The unrevoked key with this id (what a session names), or None."""
+    stmt = select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else StoredApiKey(**row._mapping)
+
+
+async def claim_login_link(conn: AsyncConnection, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+    """Mark the login link with `nonce` used; False when it was used before.
+
+    Links that have expired by `now` are forgotten on the way: their tokens are refused before this runs.
+    """
+    await conn.execute(
+        delete(catalog_state).where(
+            catalog_state.c.key.startswith(_USED_LINK, autoescape=True),
+            catalog_state.c.value <= _sortable(now),
+        )
+    )
+    stmt = (
+        dialect_insert(conn, catalog_state)
+        .values(key=_USED_LINK + nonce, value=_sortable(expires_at))
+        .on_conflict_do_nothing(index_elements=[catalog_state.c.key])
+        .returning(catalog_state.c.key)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+def _sortable(at: datetime) -> str:
+    """An instant as text that sorts in time order (`value` is a string column)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, cast, select, update
+from sqlalchemy import Integer, Row, String, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.context import LeadProfile
@@ -211,8 +211,16 @@ async def fetch_lead_ids(conn: AsyncConnection, *, after_id: int, limit: int) ->
 async def fetch_lead_by_email(conn: AsyncConnection, email: str) -> LeadRecord | None:
     """A lead by its normalised email, or None."""
     row = (await conn.execute(select(leads).where(leads.c.email == email))).first()
-    if row is None:
-        return None
+    return None if row is None else _lead_record(row)
+
+
+async def fetch_lead_by_id(conn: AsyncConnection, lead_id: int) -> LeadRecord | None:
+    """A lead by its id, or None."""
+    row = (await conn.execute(select(leads).where(leads.c.id == lead_id))).first()
+    return None if row is None else _lead_record(row)
+
+
+def _lead_record(row: Row[Any]) -> LeadRecord:
     return LeadRecord(
         id=row.id,
         profile=lead_profile(row),
