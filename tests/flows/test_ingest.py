@@ -85,3 +85,20 @@ async def test_import_in_small_batches_counts_and_reports_progress(db: Database)
     assert report.inserted == 25
     assert seen == [10, 20, 25]
     assert len(await _leads(db)) == 25
+
+
+async def test_import_of_one_large_batch_of_new_leads_goes_in_whole(db: Database) -> None:
+    # 2,500 new leads in one batch: more bind parameters than one PostgreSQL statement may carry.
+    rows = [
+        {
+            "email": f"bulk{i}@example.com",
+            "first_name": f"Lead {i}",
+            "company": "Bulk Co",
+            "grade": "nurturable",
+            "utm_source": "import",
+        }
+        for i in range(2500)
+    ]
+    report = await import_leads(db, rows, now=NOW, batch_size=5000)
+    assert (report.inserted, report.updated, report.rejected) == (2500, 0, [])
+    assert len(await _leads(db)) == 2500

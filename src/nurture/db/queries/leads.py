@@ -30,8 +30,10 @@ async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: d
     new = [_insert_values(r, now) for r in rows if r.email not in existing]
     inserted: set[str] = set()
     if new:
-        stmt = dialect_insert(conn, leads).values(new).on_conflict_do_nothing().returning(leads.c.email)
-        inserted = set((await conn.execute(stmt)).scalars())
+        # executemany, which SQLAlchemy pages into multi-row INSERTs: one statement with every row would pass
+        # asyncpg's limit of 32,767 bind parameters at about 1,700 leads.
+        stmt = dialect_insert(conn, leads).on_conflict_do_nothing().returning(leads.c.email)
+        inserted = set((await conn.execute(stmt, new)).scalars())
     # Rows that existed, or that a concurrent import inserted first, are merged.
     to_update = [_update_values(r, now) for r in rows if r.email not in inserted]
     if to_update:
