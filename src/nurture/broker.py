@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -51,7 +52,10 @@ def setup_broker(settings: Settings, runtime_factory: Callable[[], Runtime]) -> 
     """Build the broker for `settings`, add the middleware, and make it Dramatiq's global broker."""
     broker: dramatiq.Broker
     if settings.redis_url:
-        broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+        # Bounded socket waits: a Redis that accepts connections but never answers must not hang a request.
+        # (Timeouts given beside url= are ignored: the broker builds its pool from the URL alone.)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        broker = RedisBroker(client=client)  # type: ignore[no-untyped-call]
     else:
         broker = StubBroker()
         broker.emit_after("process_boot")

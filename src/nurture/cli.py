@@ -115,7 +115,9 @@ def web_command(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics."""
     with _reported():
         web = WebAddress(host, port)
-        asyncio.run(run_forever(_settings(), with_scheduler=False, with_worker=False, web=web))
+        # Without Redis, re-scores would queue in this process's memory with no worker to run them.
+        settings = _require_broker(_settings(), "web")
+        asyncio.run(run_forever(settings, with_scheduler=False, with_worker=False, web=web))
 
 
 @app.command()

@@ -30,6 +30,7 @@ from nurture.web.server import WebAddress, build_server
 log = logging.getLogger(__name__)
 
 WORKER_STOP_TIMEOUT_MS = 60_000
+WORKER_POLL_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ def _worker_runtime_factory(settings: Settings, clock: Clock, catalog: Catalog) 
 
 
 def start_worker(service: Service, threads: int) -> Worker:
-    worker = Worker(service.actors.broker, worker_threads=threads)
+    # An idle Redis consumer sleeps up to worker_timeout between polls; Dramatiq's 1 s default would add
+    # up to a second to every queue hop between an engagement event and its rep alert.
+    worker = Worker(service.actors.broker, worker_threads=threads, worker_timeout=WORKER_POLL_MS)
     worker.start()
     return worker
 

@@ -6,6 +6,7 @@ right after the commit, so it must only enqueue. It is not called for replays or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -37,7 +38,8 @@ class EventRecorder:
                 self._metrics.duplicates.labels(type=event.type).inc()
         leads = dict.fromkeys(o.lead_id for o in outcomes if isinstance(o, RecordedEvent))
         for lead_id in leads:
-            self._notify(lead_id)
+            # The broker client blocks: off the event loop, so a slow Redis cannot stall other requests.
+            await asyncio.to_thread(self._notify, lead_id)
         return outcomes
 
     def _notify(self, lead_id: int) -> None:
