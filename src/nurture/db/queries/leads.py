@@ -25,16 +25,12 @@ async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: d
     tags are merged. `rows` must not repeat an email. Every touched lead is marked for an enrollment check."""
     if not rows:
         return UpsertCounts(0, 0)
-    emails = [r.email for r in rows]
-    existing = set((await conn.execute(select(leads.c.email).where(leads.c.email.in_(emails)))).scalars())
-    new = [_insert_values(r, now) for r in rows if r.email not in existing]
-    inserted: set[str] = set()
-    if new:
-        # executemany, which SQLAlchemy pages into multi-row INSERTs: one statement with every row would pass
-        # asyncpg's limit of 32,767 bind parameters at about 1,700 leads.
-        stmt = dialect_insert(conn, leads).on_conflict_do_nothing().returning(leads.c.email)
-        inserted = set((await conn.execute(stmt, new)).scalars())
-    # Rows that existed, or that a concurrent import inserted first, are merged.
+    # Insert every row, skipping emails that exist: the unique index decides, so no lookup is planned
+    # against the stale statistics of a table an import is filling. executemany is paged into multi-row
+    # INSERTs by SQLAlchemy: one statement with every row would pass asyncpg's 32,767 bind parameters.
+    stmt = dialect_insert(conn, leads).on_conflict_do_nothing().returning(leads.c.email)
+    inserted = set((await conn.execute(stmt, [_insert_values(r, now) for r in rows])).scalars())
+    # Rows that existed (or that a concurrent import inserted first) are merged.
     to_update = [_update_values(r, now) for r in rows if r.email not in inserted]
     if to_update:
         await conn.execute(_merge_statement(conn), to_update)
