@@ -424,7 +424,8 @@ def test_db_upgrade_against_an_unreachable_database_fails_with_a_one_line_reason
     scaled_out = cli.with_env(
         NURTURE_DATABASE_URL="postgresql://nurture@127.0.0.1:1/nurture", NURTURE_SECRET_KEY=SECRET_KEY
     )
-    one_line_error(scaled_out("db", "upgrade"))
+    line = one_line_error(scaled_out("db", "upgrade"))
+    assert "cannot connect to postgresql+asyncpg://nurture@127.0.0.1:1/nurture" in line
 
 
 # -- scheduler and worker need Redis -------------------------------------------------------------------------
