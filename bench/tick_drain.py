@@ -323,17 +323,18 @@ def redis_url(args: argparse.Namespace) -> str:
     return f"redis://127.0.0.1:6379/{args.redis_db}"
 
 
-def flush_redis(url: str) -> None:
+def flush_redis(url: str) -> str | None:
     """Empty the benchmark's Redis db, unless another process is connected to it (its work would be lost,
-    and a worker of its own would take our messages)."""
+    and a worker of its own would take our messages); return why it was left alone, or None."""
     client = redis.Redis.from_url(url)
     try:
         mine, db = client.client_id(), client.connection_pool.connection_kwargs.get("db", 0)
         others = [c for c in client.client_list() if int(c["db"]) == db and int(c["id"]) != mine]
         if others:
             addresses = ", ".join(sorted(c["addr"] for c in others))
-            raise SystemExit(f"{len(others)} other clients use {url} ({addresses}): try another --redis-db")
+            return f"{len(others)} other clients use {url} ({addresses})"
         client.flushdb()
+        return None
     finally:
         client.close()
 
@@ -344,9 +345,11 @@ def run_once(
     name = f"bench_tick_{os.getpid()}"
     database = folder / "tick.db"
     url = asyncio.run(create_sqlite_database(database) if args.sqlite else create_pg_database(name))
+    refused: str | None = "not flushed yet"
     try:
-        if args.redis:
-            flush_redis(redis_url(args))
+        refused = flush_redis(redis_url(args)) if args.redis else None
+        if refused:
+            raise SystemExit(f"{refused}: try another --redis-db")
         settings = build_settings(args, database_url=url, smtp_url=sink.url, folder=folder)
         sink.reset()
         profile = args.profile
@@ -361,10 +364,10 @@ def run_once(
         )
         ceiling_received = sink.count().messages
     finally:
-        if args.redis:
-            flush_redis(redis_url(args))
         if not args.sqlite:
             asyncio.run(drop_pg_database(name))
+        if args.redis and refused is None:
+            flush_redis(redis_url(args))  # leaves the db alone if someone connected meanwhile
     return RunFigures(
         tick=tick,
         received=received.messages,
