@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
+from nurture.core.lead import PROFILE_FIELDS
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
 
@@ -29,16 +30,7 @@ PG_ADMIN_URL: Final = os.environ.get(
 )
 COLUMNS: Final = (
     "email",
-    "first_name",
-    "last_name",
-    "company",
-    "title",
-    "industry",
-    "company_size",
-    "country",
-    "timezone",
-    "phone",
-    "owner",
+    *PROFILE_FIELDS,
     "grade",
     "stage",
     "source",

@@ -30,7 +30,7 @@ from nurture.db.migrate import upgrade
 from nurture.errors import ConfigErrors, NurtureError
 from nurture.flows.engage import find_leads_by_email
 from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
-from nurture.flows.explain import LeadExplanation, explain_lead, find_lead
+from nurture.flows.explain import LeadExplanation, explain_lead, find_lead, scored_event_data
 from nurture.flows.ingest import ImportReport, import_leads
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
@@ -327,18 +327,7 @@ def _explanation_data(found: LeadExplanation) -> dict[str, Any]:
         "score_now": found.breakdown.total,
         "scored_at": _iso(found.scored_at),
         "rules": found.rules_source,
-        "events": [
-            {
-                "id": item.event.id,
-                "type": item.event.type,
-                "occurred_at": _iso(item.event.occurred_at),
-                "url": item.event.url,
-                "base_points": item.base_points,
-                "points": round(item.points, 2),
-                "ignored": item.ignored,
-            }
-            for item in found.breakdown.items
-        ],
+        "events": [scored_event_data(item) for item in found.breakdown.items],
         "enrollments": [
             {
                 "campaign": e.campaign_id,

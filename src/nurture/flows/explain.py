@@ -17,7 +17,7 @@ from typing import Final, TypeGuard
 from nurture.catalog import Catalog
 from nurture.core.context import Rep
 from nurture.core.lead import is_time_zone
-from nurture.core.scoring import ScoreBreakdown, score
+from nurture.core.scoring import ScoreBreakdown, ScoredEvent, score
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import AlertSummary, fetch_alerts_of_lead, fetch_timeline
 from nurture.db.queries.scoring import (
@@ -185,3 +185,17 @@ def _stage_changes(rows: Sequence[TouchpointRow]) -> tuple[StageChangeRecord, ..
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def scored_event_data(item: ScoredEvent) -> dict[str, object]:
+    """One event of a score explanation as JSON-ready data: its points, or why it did not count."""
+    event = item.event
+    return {
+        "id": event.id,
+        "type": event.type,
+        "occurred_at": event.occurred_at.isoformat(),
+        "url": event.url,
+        "base_points": item.base_points,
+        "points": round(item.points, 2),
+        "ignored": item.ignored,
+    }

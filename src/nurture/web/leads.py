@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.tracking import MAX_ID
-from nurture.flows.explain import TIMELINE_PAGE, LeadTimeline, lead_timeline
+from nurture.flows.explain import TIMELINE_PAGE, LeadTimeline, lead_timeline, scored_event_data
 from nurture.runtime import Runtime
 from nurture.web.http import is_browser_navigation, json_error, prefers_json
 from nurture.web.login import RepAuth, database_guard, login_redirect
@@ -155,18 +155,7 @@ def _score_data(t: LeadTimeline) -> dict[str, Any]:
         "now": t.breakdown.total,
         "scored_at": _iso(t.scored_at),
         "rules": t.rules_source,
-        "events": [
-            {
-                "id": item.event.id,
-                "type": item.event.type,
-                "occurred_at": _iso(item.event.occurred_at),
-                "url": item.event.url,
-                "base_points": item.base_points,
-                "points": round(item.points, 2),
-                "ignored": item.ignored,
-            }
-            for item in t.breakdown.items
-        ],
+        "events": [scored_event_data(item) for item in t.breakdown.items],
     }
 
 
