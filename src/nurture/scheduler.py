@@ -19,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nurture.actors import Actors
 from nurture.db.queries.leases import release_lease, try_acquire_lease
 from nurture.flows.alert import find_stalled_alerts
+from nurture.flows.escalate import find_unscored_leads
 from nurture.flows.tick import dispatch, enroll
 from nurture.runtime import Runtime
 
@@ -73,6 +74,11 @@ class Scheduler:
         stalled = await find_stalled_alerts(db=self.runtime.db, now=now)
         if self.actors.enqueue_alerts(stalled):
             log.warning("re-enqueued stalled alerts=%d", len(stalled))
+        unscored = await find_unscored_leads(db=self.runtime.db, now=now)
+        for lead_id in unscored:
+            self.actors.enqueue_rescore(lead_id)
+        if unscored:
+            log.warning("re-enqueued lost re-scores leads=%d", len(unscored))
         return enqueued, len(result.unknown)
 
     async def _is_leader(self, now: datetime) -> bool:

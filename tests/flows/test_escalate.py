@@ -18,7 +18,7 @@ from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, to
 from nurture.errors import AlertDeliveryError
 from nurture.flows.alert import deliver_alert, find_stalled_alerts
 from nurture.flows.engage import InboundEvent, record_event
-from nurture.flows.escalate import rescore, rescore_all
+from nurture.flows.escalate import find_unscored_leads, rescore, rescore_all
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll
 from tests.fakes import RecordingAlertSink
@@ -422,3 +422,22 @@ async def test_pending_alerts_nobody_touched_for_a_while_are_found_for_the_sched
     assert await find_stalled_alerts(db=db, now=later + timedelta(minutes=1)) == [lost]
     assert await find_stalled_alerts(db=db, now=NOW + timedelta(minutes=1)) == []
     assert await find_stalled_alerts(db=db, now=later + timedelta(hours=1)) == [lost, retrying]
+
+
+async def test_an_event_whose_rescore_was_lost_is_found_again_until_it_is_scored(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a pricing visit recorded while the broker was down (its re-score never enqueued)
+    lead_id = await _add_lead(db, "lost@example.com", owner=OWNER)
+    other = await _add_lead(db, "scored@example.com", owner=OWNER)
+    await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
+    await _add_event(db, other, "page_visit", NOW, url="https://acmeflow.example/blog/x")
+    await rescore(other, db=db, catalog=catalog, now=NOW)
+    # When the scheduler looks, it leaves it alone at first (its queued re-score may still be coming)
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(seconds=10)) == []
+    # Then after the quiet period only the unscored lead is found, and once re-scored it is not again
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=2)) == [lead_id]
+    result = await rescore(lead_id, db=db, catalog=catalog, now=NOW + timedelta(minutes=2))
+    assert result is not None
+    assert [a["trigger"] for a in await _alerts(db, lead_id)] == ["moment:pricing_visit"]
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=5)) == []

@@ -193,7 +193,10 @@ class Event(Base):
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    __table_args__ = (Index("ix_events_lead_time", "lead_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_events_lead_time", "lead_id", "occurred_at"),
+        Index("ix_events_received", "received_at"),  # recent events whose re-score may have been lost
+    )
 
 
 class SchedulerLease(Base):

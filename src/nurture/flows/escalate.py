@@ -39,6 +39,7 @@ from nurture.db.queries.scoring import (
     fetch_active_enrollment,
     fetch_engagement_events,
     fetch_lead_ids,
+    fetch_leads_with_unscored_events,
     fetch_moment_event_ids,
     lock_lead_for_scoring,
     next_round_robin,
@@ -287,3 +288,18 @@ async def rescore_all(
         "rescored all leads=%d scores_changed=%d stages_changed=%d", done, scores_changed, stages_changed
     )
     return RescoreSummary(leads=done, scores_changed=scores_changed, stages_changed=stages_changed)
+
+
+async def find_unscored_leads(
+    *,
+    db: Database,
+    now: datetime,
+    quiet_for: timedelta = timedelta(minutes=1),
+    look_back: timedelta = timedelta(days=1),
+) -> list[int]:
+    """Leads with an event nothing has scored for `quiet_for`: the broker lost its re-score message (or the
+    enqueue failed when the event came in). The scheduler enqueues them again, as it does lost deliveries."""
+    async with db.transaction() as conn:
+        return await fetch_leads_with_unscored_events(
+            conn, received_after=now - look_back, received_before=now - quiet_for
+        )

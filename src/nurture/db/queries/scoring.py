@@ -229,3 +229,20 @@ def _lead_record(row: Row[Any]) -> LeadRecord:
         score_updated_at=row.score_updated_at,
         created_at=row.created_at,
     )
+
+
+async def fetch_leads_with_unscored_events(
+    conn: AsyncConnection, *, received_after: datetime, received_before: datetime
+) -> list[int]:
+    """Leads with an event received in the window but not scored since (its re-score message was lost)."""
+    stmt = (
+        select(events.c.lead_id)
+        .distinct()
+        .join(leads, leads.c.id == events.c.lead_id)
+        .where(
+            events.c.received_at > received_after,
+            events.c.received_at <= received_before,
+            (leads.c.score_updated_at.is_(None)) | (leads.c.score_updated_at < events.c.received_at),
+        )
+    )
+    return list((await conn.execute(stmt)).scalars())
