@@ -637,6 +637,12 @@ def login_link(
         _print_data(data, fmt, lambda: link.url)
 
 
+# Commands kept in modules of their own register on `app` when imported.
+from nurture import cli_compliance, cli_marketing, cli_report  # noqa: E402
+
+__all__ = ["app", "cli_compliance", "cli_marketing", "cli_report", "main"]
+
+
 def main() -> None:
     app(prog_name="nurture")
 

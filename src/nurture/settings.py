@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 
+    # --- sending like a good citizen and fast (send path) ---
+
+    # --- scheduling and per-domain rate limits (schedule path) ---
+
+    # --- the HTTP API and tracking web ---
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

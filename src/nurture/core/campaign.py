@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from nurture.core._campaign_schema import MODELS, WEEKDAYS, CampaignModel, cross_checks
 from nurture.core._yaml import KeyPath, dotted, validate_yaml
+from nurture.core.branching import Condition
 from nurture.errors import CampaignError
 
 __all__ = [
@@ -21,9 +22,11 @@ __all__ = [
     "Audience",
     "Campaign",
     "ExitRule",
+    "RepTask",
     "SendWindow",
     "Sender",
     "Step",
+    "Variant",
     "parse_campaign",
 ]
 
@@ -68,12 +71,36 @@ class ExitRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """One arm of a step's A/B test: overrides the step's subject and/or templates. The choice is a pure
+    function of the lead and the step (weights decide the share), recorded on the delivery."""
+
+    id: str
+    weight: int = 1
+    subject: str | None = None  # None: the step's own
+    template: str | None = None
+    text_template: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepTask:
+    """A human touch: instead of an email, the step alerts the lead's rep to do something (call the lead)."""
+
+    title: str  # a Jinja2 template, e.g. "Call {{ lead.first_name }} at {{ lead.company }}"
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     id: str  # stable slug: part of a delivery's identity
     day: int  # offset from enrollment, in days
-    subject: str  # a Jinja2 template
-    template: str  # HTML template path, relative to the templates folder
+    subject: str  # a Jinja2 template ("" for a task step)
+    template: str  # HTML template path, relative to the templates folder ("" for a task step)
     text_template: str | None = None  # plain-text template; derived from the HTML when absent
+    variants: tuple[Variant, ...] = ()
+    when: Condition | None = None  # the step runs only if this holds at send time
+    skip_if: Condition | None = None  # ...and is skipped (with the reason recorded) if this holds
+    task: RepTask | None = None  # a rep task instead of an email
 
 
 @dataclass(frozen=True, slots=True)

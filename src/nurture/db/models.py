@@ -80,6 +80,8 @@ class Lead(Base):
     # these, so enrolling costs O(changed leads), not O(all leads).
     enroll_pending: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     score_updated_at: Mapped[datetime | None]
+    # Set when the lead's personal data was erased: the row keeps only ids, stage and the address's hash.
+    erased_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -133,6 +135,9 @@ class Delivery(Base):
     campaign_id: Mapped[str] = mapped_column(String(100))
     step_id: Mapped[str] = mapped_column(String(100))
     step_index: Mapped[int] = mapped_column(Integer)
+    # The lead's mail domain, lower-case: per-domain rate limits and backoff group deliveries by it.
+    recipient_domain: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    variant: Mapped[str | None] = mapped_column(String(64))  # the A/B variant sent, when the step has any
     due_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(20), default="pending")
     claimed_until: Mapped[datetime | None]
@@ -190,6 +195,8 @@ class Event(Base):
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # SHA-256 of the request body that used the key: the same key with another body is a conflict (409).
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -260,3 +267,27 @@ class Alert(Base):
             sqlite_where=text("status = 'pending'"),
         ),
     )
+
+
+class Suppression(Base):
+    """An address that must never be mailed again (complaint, erasure, bounce), kept only as the SHA-256 of
+    its normalised form, so it outlives the lead's personal data."""
+
+    __tablename__ = "suppressions"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class SendDomain(Base):
+    """Backoff state of one recipient domain: after a 421/451 from its servers, nothing goes to the domain
+    until `paused_until`, while other domains carry on."""
+
+    __tablename__ = "send_domains"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    paused_until: Mapped[datetime | None]
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]

@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nurture.runtime import Runtime
 from nurture.web.api import ApiEndpoints, api_routes
+from nurture.web.complaints import complaint_routes
+from nurture.web.dashboard import dashboard_routes
 from nurture.web.leads import LeadEndpoints, lead_routes
 from nurture.web.login import LoginEndpoints, RepAuth, login_routes
 from nurture.web.metrics import WebMetrics
@@ -61,6 +63,8 @@ def create_app(runtime: Runtime, *, on_event: Callable[[int], None] | None = Non
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *login_routes(LoginEndpoints(runtime, views, reps), views),
             *lead_routes(LeadEndpoints(runtime, views, reps), views),
+            *dashboard_routes(runtime, views, reps),
+            *complaint_routes(runtime, metrics),
         ],
         middleware=[Middleware(SecurityHeadersMiddleware)],
         exception_handlers={HTTPException: _http_error},
