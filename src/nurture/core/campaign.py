@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import time, timedelta
 from types import MappingProxyType
 
 from nurture.core._campaign_schema import MODELS, WEEKDAYS, CampaignModel, cross_checks
@@ -113,6 +113,9 @@ class Campaign:
     audience: Audience = Audience()
     send_window: SendWindow = SendWindow()
     exit: ExitRule = ExitRule()
+    # A touch found more than this late (say the scheduler was down) is skipped with the reason recorded;
+    # None: it goes out in the lead's next send window, however late.
+    skip_late_after: timedelta | None = None
     source: str = "<string>"  # the file it came from
     content_hash: str = ""  # sha256 of the file's text
     # The file's line of each key, as "steps[0].template": lets the catalog point at a missing template.
