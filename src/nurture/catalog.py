@@ -9,18 +9,24 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+import holidays
 import yaml
+from jinja2 import FileSystemLoader, Template
+from jinja2 import TemplateError as JinjaTemplateError
 
-from nurture.core.campaign import Campaign, parse_campaign
+from nurture.core.campaign import Campaign, Step, parse_campaign
 from nurture.core.context import Rep
 from nurture.core.lead import normalise_email
+from nurture.core.schedule import NO_DAYS_OFF, DaysOff
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules, parse_scoring
-from nurture.errors import CampaignError, ConfigError, ConfigErrors
-from nurture.render import TemplateRenderer
+from nurture.errors import CampaignError, ConfigError, ConfigErrors, TemplateError
+from nurture.render import TemplateRenderer, one_line
+from nurture.sandbox import LimitedSandbox, render_limited
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
 _REP_KEYS = ("email", "name", "title", "phone", "notify", "away")
@@ -48,13 +54,74 @@ class Catalog:
         """The campaigns in the order a lead that fits several is offered them: priority, then id."""
         return tuple(sorted(self.campaigns.values(), key=lambda c: (c.priority, c.id)))
 
+    def days_off(self, campaign: Campaign, country: str | None) -> DaysOff:
+        """The local dates `campaign` sends nothing to a lead in `country` (an ISO code such as TW): its
+        public holidays when the send window says `skip_holidays: true`, else none. An unknown or missing
+        country has no holidays."""
+        if not campaign.send_window.skip_holidays or not country:
+            return NO_DAYS_OFF
+        return public_holidays(country.strip().upper())
+
     def renderer(self) -> TemplateRenderer:
         """The renderer for these campaigns; built once, so templates compile once per catalog."""
         return self._renderer
 
+    def render_task_title(self, campaign: Campaign, step: Step, context: Mapping[str, Any]) -> str:
+        """The title of a rep task step for one lead: its Jinja2 template, rendered in the sandbox with the
+        context an email of the step would get, on one line.
+
+        Raises:
+            TemplateError: the title does not compile or fails on this context (an undefined name).
+        """
+        if step.task is None:
+            raise CampaignError(f"step {step.id!r} is not a rep task", source=campaign.source)
+        try:
+            return one_line(render_limited(self._task_template(step.task.title), context))
+        except (
+            JinjaTemplateError,
+            ArithmeticError,
+            LookupError,
+            TypeError,
+            ValueError,
+            RecursionError,
+        ) as exc:
+            index = next((i for i, s in enumerate(campaign.steps) if s.id == step.id), None)
+            line = campaign.line_of("steps", index, "task") if index is not None else None
+            raise TemplateError(
+                f"step {step.id} task title: {exc}", source=campaign.source, line=line
+            ) from exc
+
+    def _task_template(self, title: str) -> Template:
+        template = self._task_titles.get(title)
+        if template is None:
+            template = self._task_titles[title] = self._task_env.from_string(title)
+        return template
+
+    @cached_property
+    def _task_env(self) -> LimitedSandbox:
+        return LimitedSandbox(FileSystemLoader(self.templates_dir), autoescape=False, finalize=_blank_none)
+
+    @cached_property
+    def _task_titles(self) -> dict[str, Template]:
+        return {}
+
     @cached_property
     def _renderer(self) -> TemplateRenderer:
         return TemplateRenderer(self.templates_dir, self.campaigns)
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+@cache
+def public_holidays(country: str) -> DaysOff:
+    """The public holidays of `country` (ISO 3166 alpha-2) from the `holidays` calendars, any year; none
+    for a country they do not know. One calendar per country, shared: it fills in years as they are asked."""
+    try:
+        return holidays.country_holidays(country)
+    except NotImplementedError:
+        return NO_DAYS_OFF
 
 
 def load_catalog(

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
 from nurture.catalog import Catalog, load_catalog
+from nurture.core.campaign import RepTask
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, Rep, template_context
 from nurture.core.scoring import DEFAULT_RULES, Thresholds
-from nurture.errors import ConfigErrors
+from nurture.errors import ConfigErrors, TemplateError
 
 TEMPLATE = '<p>Hi {{ lead.first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+TEMPLATE += "<p>{{ postal_address }}</p>"  # the opt-out footer validation requires
 REPS = """\
 - email: Sam.Rivera@Example.com
   name: Sam Rivera
@@ -375,3 +377,54 @@ def test_load_catalog_reports_bad_notify_urls_and_away_flags_with_their_lines(ro
         (8, "away: expected true or false"),
         (9, "notify: 'json://x y' is not a notification URL"),
     ]
+
+
+# --- holidays and rep task titles -----------------------------------------------------------------------
+
+TASK_CAMPAIGN = """\
+id: calls
+name: Calls
+sender: {from: "Acme <growth@acme.example>", postal_address: "Acme Inc., 1 Main St"}
+send_window: {skip_holidays: true}
+steps:
+  - {id: hello, day: 0, subject: "Hi", template: shared/hello.html.j2}
+  - id: call
+    day: 3
+    task: {title: "Call {{ lead.first_name or 'the lead' }} at {{ lead.company or 'their company' }}"}
+"""
+
+
+def test_days_off_are_the_public_holidays_of_the_leads_country_when_the_window_skips_them(root: Path) -> None:
+    write(root, "campaigns/calls.yaml", TASK_CAMPAIGN)
+    write(root, "campaigns/plain.yaml", campaign_yaml("plain"))
+    catalog = load_catalog(campaigns_dir=root / "campaigns", templates_dir=root / "templates", reps_file=None)
+    calls, plain = catalog.campaigns["calls"], catalog.campaigns["plain"]
+    assert date(2026, 10, 10) in catalog.days_off(calls, "TW")  # National Day
+    assert date(2026, 10, 10) in catalog.days_off(calls, " tw ")
+    assert date(2026, 7, 4) not in catalog.days_off(calls, "TW")
+    assert date(2026, 12, 25) in catalog.days_off(calls, "DE")
+    assert date(2026, 10, 10) not in catalog.days_off(plain, "TW")  # this window does not skip holidays
+    assert date(2026, 12, 25) not in catalog.days_off(calls, "Atlantis")  # unknown: no holidays, no error
+    assert date(2026, 12, 25) not in catalog.days_off(calls, None)
+
+
+def test_a_rep_task_title_renders_in_the_sandbox_on_one_line(root: Path) -> None:
+    write(root, "campaigns/calls.yaml", TASK_CAMPAIGN)
+    catalog = load_catalog(campaigns_dir=root / "campaigns", templates_dir=root / "templates", reps_file=None)
+    campaign = catalog.campaigns["calls"]
+    step = campaign.step("call")
+    assert step is not None
+    context = template_context(
+        dataclasses.replace(SAMPLE_LEAD, first_name="Mei\r\nBcc: x@evil.example", company=None),
+        owner=SAMPLE_REP,
+        campaign=campaign,
+        step=step,
+        unsubscribe_url="",
+        postal_address="",
+    )
+    assert (
+        catalog.render_task_title(campaign, step, context) == "Call Mei Bcc: x@evil.example at their company"
+    )
+    broken = dataclasses.replace(step, task=RepTask("Call {{ lead.frist_name }}"))
+    with pytest.raises(TemplateError, match="step call task title"):
+        catalog.render_task_title(campaign, broken, context)

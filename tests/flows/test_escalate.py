@@ -14,6 +14,7 @@ from nurture.catalog import Catalog
 from nurture.core.context import Rep
 from nurture.core.scoring import DEFAULT_RULES, Thresholds
 from nurture.db.engine import Database
+from nurture.db.queries.alerts import insert_alert
 from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, touchpoints
 from nurture.errors import AlertDeliveryError
 from nurture.flows.alert import deliver_alert, find_stalled_alerts
@@ -152,6 +153,32 @@ async def test_the_cooldown_holds_back_a_second_alert_until_it_has_passed(
     assert result is not None
     assert len(result.alert_ids) == 1
     assert [a["trigger"] for a in await _alerts(db, lead_id)] == ["mql", "moment:pricing_visit"]
+
+
+async def test_a_rep_task_from_a_campaign_does_not_hold_back_a_hot_lead_alert(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a lead whose rep was handed a campaign task ("call this lead") a moment ago
+    lead_id = await _add_lead(db, "tasked@example.com", owner=OWNER)
+    async with db.transaction() as conn:
+        await insert_alert(
+            conn,
+            lead_id=lead_id,
+            trigger="task:rep-call",
+            reason="Call the lead",
+            score_before=0,
+            score_after=0,
+            owner=OWNER,
+            created_at=NOW - timedelta(minutes=5),
+            detail={},
+        )
+    # When the lead books a meeting
+    await _add_event(db, lead_id, "meeting_booked", NOW)
+    result = await rescore(lead_id, db=db, catalog=catalog, now=NOW)
+    # Then the hot-lead alert is raised all the same: the task started no cooldown
+    assert result is not None
+    assert len(result.alert_ids) == 1
+    assert [a["trigger"] for a in await _alerts(db, lead_id)] == ["task:rep-call", "mql"]
 
 
 async def test_a_moment_alerts_whatever_the_score_and_only_once(db: Database, catalog: Catalog) -> None:

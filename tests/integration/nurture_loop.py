@@ -18,9 +18,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from nurture.catalog import Catalog
+from nurture.core.branching import StepEngagement, StepHistory, choose_variant, skip_reason
+from nurture.core.campaign import Campaign
 from nurture.db.engine import Database
+from nurture.db.queries.campaign_language import fetch_step_histories
 from nurture.db.queries.leads import suppress_lead
-from nurture.db.queries.tables import deliveries, leads, touchpoints
+from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, touchpoints
 from nurture.flows.ingest import import_leads
 from tests.smtp_sink import ReceivedMessage
 
@@ -128,6 +131,8 @@ async def check_outcome(
         ).scalar_one()
     assert open_or_lost == 0
 
+    # Campaign emails only: rep task alerts may reach the same server as emails to the reps.
+    received = [m for m in received if m["X-Nurture-Campaign"]]
     # Touchpoints equal what the SMTP server accepted: same Message-IDs, each exactly once.
     accepted = Counter(m["Message-ID"] for m in received)
     assert max(accepted.values()) == 1
@@ -148,25 +153,87 @@ async def check_outcome(
     # Nobody else got anything: not invalid, suppressed, ready, customer or ungraded leads.
     assert set(per_lead) == fitting
 
-    saas = [s.id for s in catalog.campaigns["saas-nurture"].steps]
-    webinar = [s.id for s in catalog.campaigns["webinar-followup"].steps]
+    engagement = await _engagement(db)
+    tasks = await _task_alerts(db)
     for address in fitting:
+        person = people[address]
         got = [(s.campaign, s.step) for s in per_lead[address]]
         assert len(got) == len(set(got)), f"{address} got a step twice: {got}"
-        if people[address].tags.get("source") == "webinar":
+        saas, saas_tasks = _expected(catalog.campaigns["saas-nurture"], engagement[person.id], person.score)
+        webinar, _ = _expected(catalog.campaigns["webinar-followup"], engagement[person.id], person.score)
+        if person.tags.get("source") == "webinar":
             # The webinar follow-up first, in order; then saas-nurture from its first step, in order.
             assert got[: len(webinar)] == [("webinar-followup", s) for s in webinar]
             rest = got[len(webinar) :]
             assert rest
             assert rest == [("saas-nurture", s) for s in saas[: len(rest)]]
+            assert tasks[person.id] <= saas_tasks
         else:
             assert got == [("saas-nurture", s) for s in saas]
+            # A task step is no email: the lead's rep got one alert for it instead.
+            assert tasks[person.id] == saas_tasks, f"{address}: rep tasks {tasks[person.id]}"
         zone = ZoneInfo(people[address].timezone or "Asia/Taipei")
         for s in per_lead[address]:
             local = s.at.astimezone(zone)
             assert local.weekday() < 5, f"{address} mailed on a weekend: {local}"
             assert 9 <= local.hour < 17, f"{address} mailed outside 09:00-17:00: {local}"
+    await _check_variants(db, catalog)
     return {"leads": len(people), "fitting": len(fitting), "emails": len(sent)}
+
+
+async def _check_variants(db: Database, catalog: Catalog) -> None:
+    """Each sent delivery of an A/B step records the arm its lead is assigned, and every arm is used."""
+    for campaign in catalog.campaigns.values():
+        for step in (s for s in campaign.steps if s.variants):
+            async with db.transaction() as conn:
+                rows = (
+                    await conn.execute(
+                        select(deliveries.c.lead_id, deliveries.c.variant).where(
+                            deliveries.c.campaign_id == campaign.id,
+                            deliveries.c.step_id == step.id,
+                            deliveries.c.status == "sent",
+                        )
+                    )
+                ).all()
+            for row in rows:
+                chosen = choose_variant(step, row.lead_id)
+                assert chosen is not None
+                assert row.variant == chosen.id, (step.id, row)
+            if len(rows) >= 20:
+                assert {row.variant for row in rows} == {v.id for v in step.variants}
+
+
+def _expected(campaign: Campaign, history: StepHistory, score: int) -> tuple[list[str], set[str]]:
+    """The email steps and the rep task steps of `campaign` a lead with this engagement gets, in order."""
+    emails = [s.id for s in campaign.steps if s.task is None and skip_reason(s, history, score) is None]
+    tasks = {f"task:{s.id}" for s in campaign.steps if s.task and skip_reason(s, history, score) is None}
+    return emails, tasks
+
+
+async def _engagement(db: Database) -> dict[int, dict[str, StepEngagement]]:
+    """What each lead did with each sent step (the run records no opens or clicks unless a test adds them)."""
+    found: dict[int, dict[str, StepEngagement]] = defaultdict(dict)
+    async with db.transaction() as conn:
+        histories = await fetch_step_histories(
+            conn, [r.id for r in await conn.execute(select(enrollments.c.id))]
+        )
+        owners = {
+            r.id: r.lead_id for r in await conn.execute(select(enrollments.c.id, enrollments.c.lead_id))
+        }
+    for enrollment_id, history in histories.items():
+        found[owners[enrollment_id]].update(history)
+    return found
+
+
+async def _task_alerts(db: Database) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = defaultdict(set)
+    async with db.transaction() as conn:
+        for row in await conn.execute(
+            select(alerts.c.lead_id, alerts.c.trigger).where(alerts.c.trigger.like("task:%"))
+        ):
+            assert row.trigger not in found[row.lead_id], f"lead {row.lead_id} got {row.trigger} twice"
+            found[row.lead_id].add(row.trigger)
+    return found
 
 
 def _fits(lead: Any) -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from email.utils import parseaddr
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictInt
 
+from nurture.core._campaign_steps import step_checks
 from nurture.core._yaml import STRICT, KeyPath, Models, is_int, listify, not_empty, problem
+from nurture.core.branching import Condition, condition_from_data
 from nurture.core.lead import GRADES, STAGES, is_time_zone
 
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -108,6 +110,13 @@ def _template_path(value: str) -> str:
     return value
 
 
+def _condition(value: Any) -> Condition:
+    try:
+        return condition_from_data(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
 Slug = Annotated[str, AfterValidator(_slug)]
 Text = Annotated[str, Field(min_length=1)]
 Grade = Annotated[str, AfterValidator(_grade)]
@@ -150,6 +159,12 @@ class SendWindowModel(_Model):
     end: Annotated[str, AfterValidator(_hh_mm)] = "17:00"
     timezone: Annotated[str, AfterValidator(_lead_or_zone)] = "lead"
     default_timezone: Annotated[str, AfterValidator(_zone)] = "UTC"
+    skip_holidays: bool = False  # public holidays of the lead's country are not send days
+    missed: Literal["next_window", "skip"] = "next_window"  # a touch whose window passed unsent
+
+
+class LateModel(_Model):
+    skip_after_hours: StrictInt = Field(ge=1)
 
 
 class ExitModel(_Model):
@@ -157,12 +172,37 @@ class ExitModel(_Model):
     stage_in: Annotated[list[Stage], BeforeValidator(listify)] = ["mql", "sql", "opportunity", "customer"]
 
 
-class StepModel(_Model):
+class VariantModel(_Model):
     id: Slug
-    day: StrictInt = Field(ge=0)
-    subject: Text
-    template: TemplatePath
+    weight: StrictInt = Field(default=1, ge=1, le=10_000)
+    subject: Text | None = None
+    template: TemplatePath | None = None
     text_template: TemplatePath | None = None
+
+
+class TaskModel(_Model):
+    title: Text
+    note: Text | None = None
+
+
+# A condition is read whole by `branching.condition_from_data`; whether its steps exist is a cross check.
+ConditionField = Annotated[Any, AfterValidator(_condition)]
+
+
+class StepModel(_Model):
+    """An email step (subject and template) or a rep task (`task:`), `day` or `business_days` after the
+    first send opportunity. Which keys go together is checked in `_campaign_steps`."""
+
+    id: Slug
+    day: StrictInt | None = Field(default=None, ge=0)
+    business_days: StrictInt | None = Field(default=None, ge=0)
+    subject: Text | None = None
+    template: TemplatePath | None = None
+    text_template: TemplatePath | None = None
+    variants: list[VariantModel] = []
+    when: ConditionField = None
+    skip_if: ConditionField = None
+    task: TaskModel | None = None
 
 
 class CampaignModel(_Model):
@@ -174,6 +214,8 @@ class CampaignModel(_Model):
     send_window: SendWindowModel = SendWindowModel()
     exit: ExitModel = ExitModel()
     steps: Annotated[list[StepModel], AfterValidator(not_empty("step"))]
+    late: LateModel | None = None
+    on_change: Literal["keep", "follow"] = "keep"  # what a new version of the file does to enrolled leads
 
 
 # The model behind each mapping of the file, by key path with list indexes as "*": for "did you mean".
@@ -184,6 +226,9 @@ MODELS: Final[Models] = {
     ("send_window",): SendWindowModel,
     ("exit",): ExitModel,
     ("steps", "*"): StepModel,
+    ("steps", "*", "variants", "*"): VariantModel,
+    ("steps", "*", "task"): TaskModel,
+    ("late",): LateModel,
 }
 
 
@@ -195,7 +240,7 @@ def cross_checks(data: Mapping[str, Any], lines: Mapping[KeyPath, int]) -> list[
     found: list[tuple[KeyPath, str]] = []
     steps = data.get("steps")
     if isinstance(steps, list):
-        found += _step_checks(steps, lines)
+        found += step_checks(steps, lines)
     audience = data.get("audience")
     if isinstance(audience, dict):
         low, high = audience.get("min_score"), audience.get("max_score")
@@ -207,29 +252,6 @@ def cross_checks(data: Mapping[str, Any], lines: Mapping[KeyPath, int]) -> list[
         start_at, end_at = _minutes(start), _minutes(end)
         if start_at is not None and end_at is not None and start_at >= end_at:
             found.append((("send_window", "end"), f"end {end} must be after start {start}"))
-    return found
-
-
-def _step_checks(steps: list[Any], lines: Mapping[KeyPath, int]) -> list[tuple[KeyPath, str]]:
-    found: list[tuple[KeyPath, str]] = []
-    first_use: dict[str, int] = {}
-    last_day: int | None = None  # of the previous step with a valid day
-    for index, step in enumerate(steps):
-        if not isinstance(step, dict):
-            continue
-        step_id, day = step.get("id"), step.get("day")
-        if isinstance(step_id, str) and step_id in first_use:
-            where = lines.get(("steps", first_use[step_id], "id"), "?")
-            found.append(
-                (("steps", index, "id"), f"duplicate step id {step_id!r} (first used at line {where})")
-            )
-        elif isinstance(step_id, str):
-            first_use[step_id] = index
-        if is_int(day) and day >= 0:
-            if last_day is not None and day <= last_day:
-                message = f"bad day order: day {day} must come after day {last_day} of the step before"
-                found.append((("steps", index, "day"), message))
-            last_day = day
     return found
 
 

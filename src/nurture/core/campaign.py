@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
 from types import MappingProxyType
+from typing import Literal
 
-from nurture.core._campaign_schema import MODELS, WEEKDAYS, CampaignModel, cross_checks
+from nurture.core._campaign_schema import MODELS, WEEKDAYS, CampaignModel, StepModel, cross_checks
 from nurture.core._yaml import KeyPath, dotted, validate_yaml
 from nurture.core.branching import Condition
 from nurture.errors import CampaignError
@@ -21,7 +22,9 @@ __all__ = [
     "WEEKDAYS",
     "Audience",
     "Campaign",
+    "ChangePolicy",
     "ExitRule",
+    "MissedPolicy",
     "RepTask",
     "SendWindow",
     "Sender",
@@ -29,6 +32,10 @@ __all__ = [
     "Variant",
     "parse_campaign",
 ]
+
+
+MissedPolicy = Literal["next_window", "skip"]
+ChangePolicy = Literal["keep", "follow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,9 @@ class SendWindow:
     weekdays: frozenset[int] = frozenset(range(5))  # Monday == 0
     timezone: str | None = None  # None: the lead's own zone
     default_timezone: str = "UTC"  # for leads without a zone
+    skip_holidays: bool = False  # public holidays of the lead's country are not send days
+    # A touch dispatched after its window closed: sent in the next window, or skipped with the reason.
+    missed: MissedPolicy = "next_window"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +103,7 @@ class RepTask:
 @dataclass(frozen=True, slots=True)
 class Step:
     id: str  # stable slug: part of a delivery's identity
-    day: int  # offset from enrollment, in days
+    day: int  # offset from the first send opportunity: calendar days, or business days (below)
     subject: str  # a Jinja2 template ("" for a task step)
     template: str  # HTML template path, relative to the templates folder ("" for a task step)
     text_template: str | None = None  # plain-text template; derived from the HTML when absent
@@ -101,6 +111,7 @@ class Step:
     when: Condition | None = None  # the step runs only if this holds at send time
     skip_if: Condition | None = None  # ...and is skipped (with the reason recorded) if this holds
     task: RepTask | None = None  # a rep task instead of an email
+    business_days: bool = False  # `day` counts send-window days that are not holidays (`business_days: N`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +127,12 @@ class Campaign:
     # A touch found more than this late (say the scheduler was down) is skipped with the reason recorded;
     # None: it goes out in the lead's next send window, however late.
     skip_late_after: timedelta | None = None
+    # What a new version of the file does to leads already enrolled: "keep" the plan they started (steps added
+    # later apply to new enrollments), or "follow" it (pending deliveries re-planned to the new steps).
+    on_change: ChangePolicy = "keep"
     source: str = "<string>"  # the file it came from
     content_hash: str = ""  # sha256 of the file's text
+    text: str = field(default="", compare=False, repr=False)  # the file's text, kept as a version snapshot
     # The file's line of each key, as "steps[0].template": lets the catalog point at a missing template.
     lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
@@ -162,7 +177,7 @@ def _to_campaign(model: CampaignModel, *, source: str, text: str, lines: Mapping
         name=model.name,
         priority=model.priority,
         sender=Sender(sender.from_address, sender.reply_to, sender.postal_address),
-        steps=tuple(Step(s.id, s.day, s.subject, s.template, s.text_template) for s in model.steps),
+        steps=tuple(_to_step(s) for s in model.steps),
         audience=Audience(
             grades=frozenset(audience.grade),
             stages=frozenset(audience.stage),
@@ -178,9 +193,34 @@ def _to_campaign(model: CampaignModel, *, source: str, text: str, lines: Mapping
             weekdays=frozenset(WEEKDAYS.index(day) for day in window.days),
             timezone=None if window.timezone == "lead" else window.timezone,
             default_timezone=window.default_timezone,
+            skip_holidays=window.skip_holidays,
+            missed=window.missed,
         ),
         exit=ExitRule(score_at_least=exit_rule.score_at_least, stages=frozenset(exit_rule.stage_in)),
+        skip_late_after=timedelta(hours=model.late.skip_after_hours) if model.late else None,
+        on_change=model.on_change,
         source=source,
         content_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        text=text,
         lines=MappingProxyType({dotted(path): line for path, line in lines.items() if path}),
+    )
+
+
+def _to_step(model: StepModel) -> Step:
+    # The cross checks guarantee exactly one offset, and a subject and template for an email step.
+    business = model.business_days is not None
+    task = RepTask(model.task.title, model.task.note) if model.task else None
+    return Step(
+        id=model.id,
+        day=(model.business_days if business else model.day) or 0,
+        subject=model.subject or "",
+        template=model.template or "",
+        text_template=model.text_template,
+        variants=tuple(
+            Variant(v.id, v.weight, v.subject, v.template, v.text_template) for v in model.variants
+        ),
+        when=model.when,
+        skip_if=model.skip_if,
+        task=task,
+        business_days=business,
     )

@@ -48,10 +48,12 @@ class AlertRecord:
 
 
 async def fetch_last_alert_at(conn: AsyncConnection, lead_id: int) -> datetime | None:
-    """When the lead's latest alert was created, whatever became of it; None if it never had one."""
+    """When the lead's latest hot-lead alert was created, whatever became of it; None if it never had one.
+
+    A campaign's rep task (`task:<step>`) is not such an alert: it must not hold back the next real one."""
     stmt = (
         select(alerts.c.created_at)
-        .where(alerts.c.lead_id == lead_id)
+        .where(alerts.c.lead_id == lead_id, alerts.c.trigger.not_like("task:%"))
         .order_by(alerts.c.created_at.desc())
         .limit(1)
     )
