@@ -22,7 +22,7 @@ CATEGORIES: Final = (
     ("render: HTML to text (inscriptis)", ("inscriptis", "_html_to_text")),
     ("render: Jinja templates", ("jinja2", ".j2", "<template>", "nurture/render.py")),
     ("compose the MIME message (email)", ("nurture/core/message.py", "email/")),
-    ("context, headers, tracking tokens", ("_build_message", "core/tracking.py", "core/context.py")),
+    ("context, headers, tracking tokens", ("build_message", "core/tracking.py", "core/context.py")),
     ("SMTP (aiosmtplib)", ("aiosmtplib", "nurture/transports/smtp.py")),
     (
         "database (SQLAlchemy, asyncpg, pool)",

@@ -14,14 +14,21 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.sent: list[OutgoingEmail] = []
         self._failures: list[SendError] = []
+        self._failures_for: dict[str, SendError] = {}
         self.closed = False
 
     def fail_next(self, error: SendError, times: int = 1) -> None:
         self._failures.extend([error] * times)
 
+    def fail_first_to(self, address: str, error: SendError) -> None:
+        """The first message to `address` fails with `error`, whenever it comes."""
+        self._failures_for[address] = error
+
     async def send(self, message: OutgoingEmail) -> SendReceipt:
         if self._failures:
             raise self._failures.pop(0)
+        if (error := self._failures_for.pop(message.recipients[0], None)) is not None:
+            raise error
         self.sent.append(message)
         return SendReceipt(message_id=message.message_id, response="250 2.0.0 accepted")
 

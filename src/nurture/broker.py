@@ -8,6 +8,7 @@ next tick once its claim lapses.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class RuntimeMiddleware(Middleware):
-    """Opens the runtime when a worker boots and closes it, on the worker's event loop, when it stops."""
+    """Opens the runtime when a worker boots, and closes it on the worker's event loop once it stopped."""
 
     def __init__(self, factory: Callable[[], Runtime]) -> None:
         self._factory = factory
@@ -40,8 +41,12 @@ class RuntimeMiddleware(Middleware):
     def before_worker_boot(self, _broker: Any, _worker: Any) -> None:
         # Before the worker threads start consuming; nothing connects until first use, so no loop is needed.
         self._runtime = self._factory()
+        # The catalog and compiled templates live as long as the worker: keep them out of every collection.
+        gc.freeze()
 
-    def before_worker_shutdown(self, _broker: Any, _worker: Any) -> None:
+    def after_worker_shutdown(self, _broker: Any, _worker: Any) -> None:
+        # After the worker threads have finished their messages (which still use the runtime), and before
+        # the AsyncIO middleware, added earlier, stops the event loop (after-hooks run in reverse order).
         runtime, self._runtime = self._runtime, None
         loop_thread = get_event_loop_thread()
         if runtime is not None and loop_thread is not None:

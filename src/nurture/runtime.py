@@ -6,16 +6,19 @@ Scaled out: PostgreSQL, SMTP, and the secret from the environment (settings refu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 
 from nurture.alerts import AppriseAlertSink, EmailAlertSink, split_alert_urls
 from nurture.catalog import Catalog, load_catalog
 from nurture.clock import Clock, FileClock, SystemClock
+from nurture.core.caps import FrequencyCap
 from nurture.db.engine import Database
 from nurture.flows.deliver import Mailer
 from nurture.ports import AlertSink, Transport
@@ -60,8 +63,13 @@ def build_runtime(
         base_url=settings.base_url,
         postal_address=settings.postal_address,
         max_attempts=settings.max_send_attempts,
+        cap=FrequencyCap(per_day=settings.lead_daily_cap, per_week=settings.lead_weekly_cap),
+        domain_backoff=timedelta(seconds=settings.domain_backoff_s),
+        domain_backoff_max=timedelta(seconds=settings.domain_backoff_max_s),
+        dry_run=settings.dry_run,
+        send_slots=asyncio.Semaphore(settings.smtp_pool_size + 1),
     )
-    log.info("runtime ready database=%s", redact_url(db.url))
+    log.info("runtime ready database=%s dry_run=%s", redact_url(db.url), settings.dry_run)
     return Runtime(
         settings=settings,
         db=db,

@@ -45,7 +45,7 @@ async def open_service(settings: Settings, *, clock: Clock | None = None) -> Ser
     if settings.is_embedded:
         await upgrade(runtime.db)
     broker = setup_broker(settings, _worker_runtime_factory(settings, runtime.clock, runtime.catalog))
-    return Service(runtime=runtime, actors=declare_actors(broker))
+    return Service(runtime=runtime, actors=declare_actors(broker, send_batch=settings.send_batch_size))
 
 
 def _worker_runtime_factory(settings: Settings, clock: Clock, catalog: Catalog) -> Callable[[], Runtime]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,4 +101,20 @@ async def test_a_message_for_an_unknown_delivery_is_acknowledged_without_sending
     assert not settings.outbox_dir.exists() or list(settings.outbox_dir.iterdir()) == []
     assert isinstance(actors.broker, StubBroker)
     assert actors.broker.dead_letters == []
+    await runtime.aclose()
+
+
+async def test_claimed_deliveries_go_to_the_workers_in_batches(settings: Settings, actors: Actors) -> None:
+    # Given 7 claimed deliveries and batches of 3
+    runtime = build_runtime(settings, clock=FrozenClock(NOW))
+    claimed = await _claimed_deliveries(runtime, leads=7)
+    batched = dataclasses.replace(actors, send_batch=3)
+    # When they are enqueued, three messages carry them
+    assert batched.enqueue_deliveries(claimed) == 7
+    assert isinstance(actors.broker, StubBroker)
+    queued = list(actors.broker.queues["deliveries"].queue)
+    assert [len(dramatiq.Message.decode(m).args[0]) for m in queued] == [3, 3, 1]
+    # Then a worker sends each once
+    await asyncio.to_thread(_drain, actors)
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 7
     await runtime.aclose()

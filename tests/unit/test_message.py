@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import unicodedata
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nurture.core.campaign import Sender
-from nurture.core.message import clean_display_name, compose
+from nurture.core.message import _base64_length, clean_display_name, compose
 from nurture.errors import HeaderInjectionError
 from nurture.ports import OutgoingEmail, RenderedEmail
 
@@ -302,3 +303,9 @@ def test_compose_refuses_a_naive_sent_date() -> None:
 def test_compose_keeps_the_offset_of_an_aware_sent_date() -> None:
     sent = datetime(2025, 3, 4, 9, 30, tzinfo=timezone(timedelta(hours=8)))
     assert parse(make(sent_date=sent))["Date"].datetime == sent
+
+
+@given(st.binary(max_size=2000))
+def test_base64_length_is_the_length_of_the_encoded_part(data: bytes) -> None:
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    assert _base64_length(len(data)) == len(encoded)

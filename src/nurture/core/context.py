@@ -5,6 +5,7 @@ Values are plain dicts of strings and numbers: no settings, no environment, no P
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -97,6 +98,7 @@ def template_context(
     }
 
 
+@functools.lru_cache(maxsize=256)  # a handful of campaign senders, asked once per email sent
 def sender_as_rep(from_address: str) -> Rep:
     """The rep to show when a lead has none: the campaign's sender ("Acme Growth <growth@acme.example>")."""
     name, address = parseaddr(from_address)

@@ -161,15 +161,21 @@ def _canonical(text: str) -> bytes:
     return text.replace("\n", "\r\n").encode("utf-8")
 
 
+def _base64_length(size: int) -> int:
+    """The length of `size` bytes in base64 as `_part` writes it: lines of 76 characters joined by CRLF."""
+    encoded = 4 * -(-size // 3)
+    return encoded + 2 * max(-(-encoded // 76) - 1, 0)
+
+
 def _part(subtype: str, text: str) -> str:
     data = _canonical(text)
     # The appended CRLF makes b2a_qp detect CRLF line ends (it looks at the first one) for its soft breaks
     # too; the matching CRLF is cut off again, and the boundary's own CRLF ends the part.
     encoding, body = "quoted-printable", binascii.b2a_qp(data + b"\r\n", istext=True)[:-2]
-    if not data.isascii():
-        b64 = base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
-        if len(b64) < len(body):  # mostly non-Latin text: each UTF-8 byte would cost three in QP
-            encoding, body = "base64", b64
+    # Mostly non-Latin text costs three bytes per UTF-8 byte in QP: base64 is shorter then. Its length is
+    # known without encoding, so the common case (a few non-ASCII names in a long HTML part) skips it.
+    if not data.isascii() and _base64_length(len(data)) < len(body):
+        encoding, body = "base64", base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
     return (
         f"Content-Type: text/{subtype}; charset=utf-8{_CRLF}"
         f"Content-Transfer-Encoding: {encoding}{_CRLF}{_CRLF}{body.decode('ascii')}"

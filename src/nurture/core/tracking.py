@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape, unescape
 from html.entities import html5
-from html.parser import HTMLParser
+from html.parser import HTMLParser, tagfind_tolerant  # type: ignore[attr-defined]
 from typing import Final, cast
 
 from nurture.errors import TrackingTokenError
@@ -273,11 +273,11 @@ NO_TRACKING_ATTRIBUTE: Final = "data-nurture-notrack"  # <a href=... data-nurtur
 class _StartTags(HTMLParser):
     """Collects (offset, source) of each start tag named `name`, outside comments, scripts and styles."""
 
-    def __init__(self, html: str, name: str) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__(convert_charrefs=True)
         self._name = name
-        # The parser counts lines by "\n" alone; so do we.
-        self._line_starts = [0, *(m.end() for m in re.finditer("\n", html))]
+        self._fully_parsed = frozenset({name, *self.CDATA_CONTENT_ELEMENTS})
+        self._tag_at = 0  # where the start tag being parsed begins
         self.found: list[tuple[int, str]] = []
 
     def parse_marked_section(self, i: int, report: bool = True) -> int:
@@ -287,11 +287,23 @@ class _StartTags(HTMLParser):
             end = self.rawdata.find(">", i)
             return -1 if end < 0 else end + 1
 
+    def parse_starttag(self, i: int) -> int:
+        # Reading a tag's attributes is most of the parser's work, and only <a> tags (ours) and the raw-text
+        # elements (they change how what follows is read) need it: any other start tag needs only its end.
+        name = tagfind_tolerant.match(self.rawdata, i + 1)
+        if name is not None and name.group(1).lower() not in self._fully_parsed:
+            return self.check_for_whole_start_tag(i)
+        self._tag_at = i
+        return super().parse_starttag(i)
+
+    def updatepos(self, _i: int, j: int) -> int:
+        # Offsets come from parse_starttag, so the parser's line and column counting is not needed.
+        return j
+
     def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
         text = self.get_starttag_text()
         if tag == self._name and text is not None:
-            line, column = self.getpos()
-            self.found.append((self._line_starts[line - 1] + column, text))
+            self.found.append((self._tag_at, text))
 
 
 def _attributes(tag_text: str) -> dict[str, tuple[int, int, str]]:
@@ -320,7 +332,7 @@ def rewrite_links(html: str, make_url: Callable[[str], str], *, skip: Callable[[
     Links inside comments (Outlook's conditional blocks included), scripts and styles are not links. Every
     byte but the rewritten values is kept; a new value is always written double-quoted and escaped.
     """
-    parser = _StartTags(html, "a")
+    parser = _StartTags("a")
     parser.feed(html)
     parser.close()
     edits: list[tuple[int, int, str]] = []

@@ -1,6 +1,6 @@
 """Queries on the send state machine of deliveries, and the touchpoints that record its outcomes.
 
-pending --claim--> claimed --start_sending--> sending --> sent | failed | unknown
+pending --claim--> claimed --(taken by a worker; sending.mark_sending)--> sending --> sent | failed | unknown
    ^                  |                          |
    +--- lease expiry -+                          +--(transient failure)--> pending, later due_at
 pending | claimed --> skipped | cancelled
@@ -9,10 +9,10 @@ pending | claimed --> skipped | cancelled
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.context import LeadProfile
@@ -24,7 +24,7 @@ OPEN = ("pending", "claimed")
 
 @dataclass(frozen=True, slots=True)
 class SendJob:
-    """Everything the deliver flow needs about one delivery it now holds in `sending`."""
+    """Everything the deliver flow needs about one delivery it holds (taken, then `sending`)."""
 
     delivery_id: int
     enrollment_id: int
@@ -34,6 +34,7 @@ class SendJob:
     enrolled_at: datetime
     lead: LeadValue
     profile: LeadProfile
+    due_at: datetime | None = None  # when it fell due (the plan, or a retry's time); None where unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,60 +53,6 @@ async def fetch_delivery_of_lead(conn: AsyncConnection, delivery_id: int, lead_i
     )
     row = (await conn.execute(stmt)).first()
     return None if row is None else DeliveryRef(row.id, row.campaign_id, row.step_id)
-
-
-async def claim_due_deliveries(
-    conn: AsyncConnection, *, now: datetime, lease: timedelta, limit: int
-) -> list[int]:
-    """Claim up to `limit` due deliveries (and those whose earlier claim expired) and return their ids.
-
-    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent schedulers claim disjoint sets.
-    """
-    due = (
-        select(deliveries.c.id)
-        .where(
-            deliveries.c.status.in_(OPEN),
-            deliveries.c.due_at <= now,
-            or_(deliveries.c.status == "pending", deliveries.c.claimed_until <= now),
-        )
-        .order_by(deliveries.c.due_at)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    stmt = (
-        update(deliveries)
-        .where(deliveries.c.id.in_(due.scalar_subquery()))
-        .values(status="claimed", claimed_until=now + lease)
-        .returning(deliveries.c.id, deliveries.c.due_at)
-    )
-    rows = (await conn.execute(stmt)).all()
-    return [row.id for row in sorted(rows, key=lambda r: (r.due_at, r.id))]
-
-
-async def mark_stale_sending_unknown(
-    conn: AsyncConnection, *, now: datetime, older_than: timedelta
-) -> list[int]:
-    """Deliveries stuck in `sending` (their worker died mid-send) become `unknown`: the message may or may
-    not have left, so they are reported and never re-sent automatically."""
-    rows = await conn.execute(
-        update(deliveries)
-        .where(deliveries.c.status == "sending", deliveries.c.sending_at <= now - older_than)
-        .values(status="unknown", last_error="worker stopped during the SMTP conversation")
-        .returning(deliveries.c.id, deliveries.c.lead_id, deliveries.c.campaign_id, deliveries.c.step_id)
-    )
-    found = rows.all()
-    for row in found:
-        await append_touchpoint(
-            conn,
-            lead_id=row.lead_id,
-            kind="email_unknown",
-            occurred_at=now,
-            campaign_id=row.campaign_id,
-            step_id=row.step_id,
-            delivery_id=row.id,
-        )
-    return [row.id for row in found]
 
 
 async def start_sending(conn: AsyncConnection, delivery_id: int, *, now: datetime) -> SendJob | None:
