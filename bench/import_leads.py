@@ -7,9 +7,10 @@ SQLite file. A third figure, CSV parsing plus row validation with no database, s
 time is spent before any SQL.
 
     .venv/bin/python bench/import_leads.py [--rows 100000] [--runs 3] [--no-sqlite] [--no-normalise]
-                                           [--batch-size 0]
+                                           [--batch-size 0] [--smoke]
 
-`--batch-size 0` (the default) uses the flow's own batch size, as the CLI does. PostgreSQL comes from
+`--batch-size 0` (the default) uses the flow's own batch size, as the CLI does; `--smoke` is the CI size
+(2,000 rows, one run). PostgreSQL comes from
 NURTURE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test).
 """
 
@@ -137,7 +138,10 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=0, help="rows per upsert batch; 0 = the flow's default (2000)"
     )
+    parser.add_argument("--smoke", action="store_true", help="CI size: 2,000 rows, 1 run")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.runs = 2000, 1
     if args.rows < 1 or args.runs < 1 or args.batch_size < 0:
         parser.error("--rows and --runs must be positive, --batch-size not negative")
 

@@ -1,8 +1,10 @@
-"""The scheduler process: two APScheduler jobs, enroll and dispatch, run only by the lease-holding leader.
+"""The scheduler process: two APScheduler jobs, enroll and dispatch, run only by the lease-holding leader,
+and a third that renews the lease.
 
 Any number of scheduler processes may run; the lease decides which one works, and the flows themselves are
 safe when two ever overlap. Claimed delivery ids are handed to the broker; a lost message is claimed again
-once its lease lapses.
+once its lease lapses. A dispatch leaves domains in SMTP backoff unclaimed, keeps each domain within
+`NURTURE_DOMAIN_RATE_LIMITS`, and skips touches later than their campaign's `skip_late_after`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ from datetime import datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from nurture.actors import Actors
+from nurture.core.ratelimit import parse_rate_limits
 from nurture.db.queries.leases import release_lease, try_acquire_lease
+from nurture.db.queries.send_domains import paused_domains
 from nurture.flows.alert import find_stalled_alerts
 from nurture.flows.escalate import find_unscored_leads
-from nurture.flows.tick import dispatch, enroll
+from nurture.flows.tick import dispatch, enroll, late_rules
 from nurture.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "scheduler"
+# The leader renews its lease this many times per tick interval and the lease lasts one interval, so a
+# leader that dies is replaced by another scheduler's next tick after the lease ends: within two ticks.
+RENEWALS_PER_INTERVAL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,7 @@ class TickResult:
     enrolled: int
     claimed: int
     unknown: int
+    skipped_late: int = 0
 
 
 class Scheduler:
@@ -43,29 +51,42 @@ class Scheduler:
         settings = runtime.settings
         self.interval = timedelta(seconds=settings.tick_interval_s)
         self.lease = timedelta(seconds=settings.claim_lease_s)
+        self.rate_limits = parse_rate_limits(settings.domain_rate_limits)
         # A send normally ends within the SMTP timeout; past twice that its worker is gone.
         self.stale_after = timedelta(seconds=max(4 * settings.smtp_timeout_s, 60))
 
     async def tick(self, now: datetime) -> TickResult:
         """One full pass at `now`: enroll, then dispatch (used by `nurture tick`)."""
         enrolled = await enroll(self.runtime.db, self.runtime.catalog, now)
-        claimed, unknown = await self._dispatch(now)
-        return TickResult(enrolled=enrolled, claimed=claimed, unknown=unknown)
+        claimed, unknown, skipped = await self._dispatch(now)
+        return TickResult(enrolled=enrolled, claimed=claimed, unknown=unknown, skipped_late=skipped)
 
     async def enroll_job(self) -> None:
         now = self.runtime.clock.now()
-        if await self._is_leader(now):
+        if await self.holds_lease(now):
             await enroll(self.runtime.db, self.runtime.catalog, now)
 
     async def dispatch_job(self) -> None:
         now = self.runtime.clock.now()
-        if await self._is_leader(now):
+        if await self.holds_lease(now):
             await self._dispatch(now)
 
-    async def _dispatch(self, now: datetime) -> tuple[int, int]:
-        settings = self.runtime.settings
+    async def lease_job(self) -> None:
+        await self.holds_lease(self.runtime.clock.now())
+
+    async def _dispatch(self, now: datetime) -> tuple[int, int, int]:
+        db = self.runtime.db
+        async with db.transaction() as conn:
+            paused = await paused_domains(conn, now)
         result = await dispatch(
-            self.runtime.db, now, lease=self.lease, limit=settings.claim_batch, stale_after=self.stale_after
+            db,
+            now,
+            lease=self.lease,
+            limit=self.runtime.settings.claim_batch,
+            stale_after=self.stale_after,
+            limits=self.rate_limits,
+            late_after=late_rules(self.runtime.catalog),
+            paused=paused,
         )
         enqueued = self.actors.enqueue_deliveries(result.claimed)
         if enqueued:
@@ -79,26 +100,32 @@ class Scheduler:
             self.actors.enqueue_rescore(lead_id)
         if unscored:
             log.warning("re-enqueued lost re-scores leads=%d", len(unscored))
-        return enqueued, len(result.unknown)
+        return enqueued, len(result.unknown), len(result.skipped_late)
 
-    async def _is_leader(self, now: datetime) -> bool:
+    async def holds_lease(self, now: datetime) -> bool:
+        """Take or renew the leader lease at `now`; True when this scheduler leads."""
         async with self.runtime.db.transaction() as conn:
             leader = await try_acquire_lease(
-                conn, name=LEASE_NAME, holder=self.holder, now=now, ttl=self.interval * 3
+                conn, name=LEASE_NAME, holder=self.holder, now=now, ttl=self.interval
             )
         if not leader:
             log.debug("not the leader holder=%s", self.holder)
         return leader
 
     def start(self) -> AsyncIOScheduler:
-        """Start both jobs on the running event loop (first run at once)."""
+        """Start the jobs on the running event loop (first run at once)."""
         scheduler = AsyncIOScheduler()
         seconds = self.interval.total_seconds()
-        for job in (self.enroll_job, self.dispatch_job):
+        jobs = (
+            (self.lease_job, seconds / RENEWALS_PER_INTERVAL),
+            (self.enroll_job, seconds),
+            (self.dispatch_job, seconds),
+        )
+        for job, every in jobs:
             scheduler.add_job(
                 job,
                 "interval",
-                seconds=seconds,
+                seconds=every,
                 max_instances=1,
                 coalesce=True,
                 next_run_time=datetime.now().astimezone(),  # APScheduler's own wall clock, not ours

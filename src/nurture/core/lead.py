@@ -9,6 +9,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -43,6 +44,11 @@ _ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]{1,32}(?:/[A-Za-z0-9_+-]{1,32}){0,3}")
 # Joiners shape Persian, Indic and emoji text; they are format characters but not line breaks.
 _KEEP = frozenset({" ", "\u200c", "\u200d"})
 _SPACES = re.compile(r" {2,}")
+# The common address: an ASCII dot-atom before the @ (RFC 5322 atext, as email-validator checks it) and a
+# plain host name after it. Anything else (IDN, quoted, display names, oddities) goes to email-validator.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9.-]+)")
+_MAX_ADDRESS_LENGTH: Final = 254  # RFC 5321 via email-validator, in octets (= characters for ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +86,41 @@ class RowError:
 
 
 def normalise_email(raw: str) -> str:
-    """Return the canonical form of an address (trimmed, lower-case) or raise ValueError."""
+    """Return the canonical form of an address (trimmed, lower-case) or raise ValueError.
+
+    email-validator decides; a plain ASCII address whose domain it has already accepted as written is
+    answered without it, with the same result (a property test holds the two paths to that).
+    """
+    address = raw.strip()
+    plain = _PLAIN_ADDRESS.fullmatch(address)
+    if plain and len(address) <= _MAX_ADDRESS_LENGTH and _is_plain_domain(plain[2].lower()):
+        return address.lower()
     try:
-        checked = validate_email(raw.strip(), check_deliverability=False)
+        checked = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from exc
     return checked.normalized.lower()
+
+
+@lru_cache(maxsize=4096)
+def _is_plain_domain(domain: str) -> bool:
+    """True when email-validator accepts `domain` (lower-case ASCII) and keeps it as it is: not an IDNA
+    `xn--` name, which it turns into Unicode. Imports have few distinct domains, so this is cached."""
+    try:
+        # The shortest possible address: a domain too long for it is too long for every address.
+        checked = validate_email(f"x@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return checked.domain == domain and checked.ascii_domain == domain
+
+
+@lru_cache(maxsize=1024)
+def _normalise_owner(raw: str) -> str | ValueError:
+    """An owner column repeats a handful of rep addresses, so each distinct value is checked once."""
+    try:
+        return normalise_email(raw)
+    except ValueError as exc:
+        return exc
 
 
 def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow | RowError:
@@ -109,10 +144,10 @@ def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow 
         return RowError(row_number, email, problem)
     profile = {k: cleaned.pop(k) for k in PROFILE_FIELDS if cleaned.get(k)}
     if "owner" in profile:
-        try:
-            profile["owner"] = normalise_email(profile["owner"])
-        except ValueError as exc:
-            return RowError(row_number, email, f"owner: {exc}")
+        owner = _normalise_owner(profile["owner"])
+        if isinstance(owner, ValueError):
+            return RowError(row_number, email, f"owner: {owner}")
+        profile["owner"] = owner
     bad_tags = sorted(k for k in cleaned if not _TAG_KEY.fullmatch(k))
     if bad_tags:
         return RowError(row_number, email, f"column name not usable as a tag: {bad_tags[0]!r}")
@@ -131,8 +166,9 @@ def _check_values(grade: str | None, stage: str | None, cleaned: Mapping[str, st
     return None
 
 
+@lru_cache(maxsize=1024)
 def is_time_zone(name: str) -> bool:
-    """True when `name` is a known IANA zone such as `Asia/Taipei`."""
+    """True when `name` is a known IANA zone such as `Asia/Taipei` (cached: imports repeat a few zones)."""
     if len(name) > 64 or not _ZONE_KEY.fullmatch(name):
         return False
     try:
@@ -142,6 +178,7 @@ def is_time_zone(name: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=256)
 def _column_key(name: str) -> str:
     key = name.strip().lower().replace(" ", "_")
     return _COLUMN_ALIASES.get(key, key)
@@ -152,5 +189,10 @@ def _clean(value: str | None) -> str:
     if value is None:
         return ""
     text = unicodedata.normalize("NFC", value)
-    text = "".join(" " if unicodedata.category(ch)[0] in "CZ" and ch not in _KEEP else ch for ch in text)
-    return _SPACES.sub(" ", text).strip()
+    # isprintable() is False exactly for categories C* and Z* other than the ASCII space: most fields
+    # have none of those, so the per-character pass runs only for the rest.
+    if not text.isprintable():
+        text = "".join(" " if unicodedata.category(ch)[0] in "CZ" and ch not in _KEEP else ch for ch in text)
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
+    return text.strip()

@@ -5,14 +5,16 @@ Nothing is enqueued here: enrolling is the scheduler tick's job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from nurture.core.lead import LeadRow, RowError, normalise_row
 from nurture.db.engine import Database
-from nurture.db.queries.leads import upsert_leads
+from nurture.db.queries.leads import UpsertCounts, upsert_leads
+from nurture.db.queries.suppressions import suppress_listed_addresses
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +45,33 @@ async def import_leads(
     Row numbers count from `first_row_number` (2 for a CSV file whose line 1 is the header). A row whose email
     appears again later in the same batch is merged into it. `on_progress` is called with the number of rows
     handled after each batch.
+
+    Reading and validating (CPU) run in a thread while the previous batch is written, so the database works
+    on one batch while the next one is checked; at most one batch is in flight.
     """
     report = ImportReport()
-    batch: dict[str, LeadRow] = {}
-    for number, raw in enumerate(rows, start=first_row_number):
-        report.total += 1
-        result = normalise_row(raw, row_number=number)
-        if isinstance(result, RowError):
-            report.rejected.append(result)
-            continue
-        batch[result.email] = _merge(batch.get(result.email), result)
-        if len(batch) >= batch_size:
-            await _flush(db, batch, report, now, on_progress)
-    await _flush(db, batch, report, now, on_progress)
+    numbered = enumerate(rows, start=first_row_number)
+    writing: asyncio.Task[UpsertCounts] | None = None
+    written_through = 0  # rows handled up to the end of the batch being written
+    reported = 0
+    try:
+        while True:
+            batch = await asyncio.to_thread(_validate_batch, numbered, batch_size, report)
+            if writing is not None:
+                counts = await writing
+                writing = None
+                report.inserted += counts.inserted
+                report.updated += counts.updated
+                reported = _progress(on_progress, written_through)
+            if not batch:
+                break
+            written_through = report.total
+            writing = asyncio.create_task(_write(db, list(batch.values()), now))
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+    if reported != report.total:  # rows after the last batch were all rejected, or there were none
+        _progress(on_progress, report.total)
     log.info(
         "import finished rows=%d inserted=%d updated=%d rejected=%d",
         report.total,
@@ -66,21 +82,35 @@ async def import_leads(
     return report
 
 
-async def _flush(
-    db: Database,
-    batch: dict[str, LeadRow],
-    report: ImportReport,
-    now: datetime,
-    on_progress: Callable[[int], None] | None,
-) -> None:
-    if batch:
-        async with db.transaction() as conn:
-            counts = await upsert_leads(conn, list(batch.values()), now=now)
-        report.inserted += counts.inserted
-        report.updated += counts.updated
-        batch.clear()
+def _validate_batch(
+    numbered: Iterator[tuple[int, Mapping[str, str | None]]], batch_size: int, report: ImportReport
+) -> dict[str, LeadRow]:
+    """Read and check rows until `batch_size` distinct emails are ready (or the rows end); bad rows go to
+    the report."""
+    batch: dict[str, LeadRow] = {}
+    for number, raw in numbered:
+        report.total += 1
+        result = normalise_row(raw, row_number=number)
+        if isinstance(result, RowError):
+            report.rejected.append(result)
+            continue
+        batch[result.email] = _merge(batch.get(result.email), result)
+        if len(batch) >= batch_size:
+            break
+    return batch
+
+
+async def _write(db: Database, rows: list[LeadRow], now: datetime) -> UpsertCounts:
+    async with db.transaction() as conn:
+        counts = await upsert_leads(conn, rows, now=now)
+        await suppress_listed_addresses(conn, [r.email for r in rows], now=now)  # complained or erased before
+    return counts
+
+
+def _progress(on_progress: Callable[[int], None] | None, rows: int) -> int:
     if on_progress is not None:
-        on_progress(report.total)
+        on_progress(rows)
+    return rows
 
 
 def _merge(earlier: LeadRow | None, later: LeadRow) -> LeadRow:

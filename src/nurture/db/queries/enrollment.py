@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ARRAY, BigInteger, ColumnElement, any_, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.lead import Lead as LeadValue
@@ -18,6 +18,7 @@ from nurture.db.queries.tables import (
     enrollments,
     lead_value,
     leads,
+    touchpoints,
 )
 
 _CATALOG_KEY = "enroll_catalog_hash"
@@ -44,6 +45,7 @@ class NewDelivery:
     step_id: str
     step_index: int
     due_at: datetime
+    recipient_domain: str
 
 
 async def flag_leads_if_catalog_changed(conn: AsyncConnection, catalog_hash: str) -> bool:
@@ -53,20 +55,33 @@ async def flag_leads_if_catalog_changed(conn: AsyncConnection, catalog_hash: str
     ).scalar_one_or_none()
     if stored == catalog_hash:
         return False
-    await conn.execute(update(leads).where(~leads.c.suppressed).values(enroll_pending=True))
-    if stored is None:
-        await conn.execute(catalog_state.insert().values(key=_CATALOG_KEY, value=catalog_hash))
-    else:
-        await conn.execute(
-            update(catalog_state).where(catalog_state.c.key == _CATALOG_KEY).values(value=catalog_hash)
-        )
+    await conn.execute(
+        update(leads).where(~leads.c.suppressed, ~leads.c.enroll_pending).values(enroll_pending=True)
+    )
+    # An upsert: two schedulers starting at once may both find the hash missing.
+    stmt = dialect_insert(conn, catalog_state).values(key=_CATALOG_KEY, value=catalog_hash)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=[catalog_state.c.key], set_={"value": catalog_hash})
+    )
     return True
 
 
-async def fetch_enrollment_candidates(conn: AsyncConnection, *, limit: int) -> list[LeadValue]:
-    """Leads flagged for an enrollment check, oldest first."""
-    rows = await conn.execute(select(leads).where(leads.c.enroll_pending).order_by(leads.c.id).limit(limit))
-    return [lead_value(row) for row in rows]
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """The share of leads whose id % `of` == `index`: concurrent enrollers in different lanes never meet."""
+
+    index: int = 0
+    of: int = 1
+
+
+async def fetch_enrollment_candidates(
+    conn: AsyncConnection, *, limit: int, lane: Lane = Lane()
+) -> list[LeadValue]:
+    """Leads flagged for an enrollment check, oldest first (only those of `lane`)."""
+    stmt = select(leads).where(leads.c.enroll_pending).order_by(leads.c.id).limit(limit)
+    if lane.of > 1:
+        stmt = stmt.where(leads.c.id % lane.of == lane.index)
+    return [lead_value(row) for row in await conn.execute(stmt)]
 
 
 async def fetch_enrollment_history(
@@ -74,7 +89,7 @@ async def fetch_enrollment_history(
 ) -> dict[int, EnrollmentHistory]:
     rows = await conn.execute(
         select(enrollments.c.lead_id, enrollments.c.campaign_id, enrollments.c.state).where(
-            enrollments.c.lead_id.in_(lead_ids)
+            _among(conn, enrollments.c.lead_id, lead_ids)
         )
     )
     taken: dict[int, set[str]] = defaultdict(set)
@@ -93,6 +108,23 @@ async def insert_enrollments(
     for the rows this call inserted."""
     if not items:
         return {}
+    if conn.dialect.name == "postgresql":
+        # One statement over arrays: compiled once, whatever the batch size, and within bind-parameter limits.
+        rows = await conn.execute(
+            text(
+                "INSERT INTO enrollments (lead_id, campaign_id, campaign_hash, state, enrolled_at) "
+                "SELECT lead_id, campaign_id, campaign_hash, 'active', :now FROM unnest("
+                "CAST(:lead_ids AS bigint[]), CAST(:campaign_ids AS varchar[]), CAST(:hashes AS varchar[])"
+                ") AS t(lead_id, campaign_id, campaign_hash) ON CONFLICT DO NOTHING RETURNING lead_id, id"
+            ).bindparams(bindparam("now", type_=enrollments.c.enrolled_at.type)),
+            {
+                "now": now,
+                "lead_ids": [i.lead_id for i in items],
+                "campaign_ids": [i.campaign_id for i in items],
+                "hashes": [i.campaign_hash for i in items],
+            },
+        )
+        return {row.lead_id: row.id for row in rows}
     values = [
         {
             "lead_id": i.lead_id,
@@ -103,32 +135,90 @@ async def insert_enrollments(
         }
         for i in items
     ]
-    stmt = dialect_insert(conn, enrollments).values(values).on_conflict_do_nothing()
-    rows = await conn.execute(stmt.returning(enrollments.c.lead_id, enrollments.c.id))
+    stmt = dialect_insert(conn, enrollments).on_conflict_do_nothing()
+    rows = await conn.execute(stmt.returning(enrollments.c.lead_id, enrollments.c.id), values)
     return {row.lead_id: row.id for row in rows}
 
 
+_DELIVERY_COLUMNS = (
+    "enrollment_id",
+    "lead_id",
+    "campaign_id",
+    "step_id",
+    "step_index",
+    "recipient_domain",
+    "due_at",
+    "status",
+)
+
+
 async def insert_deliveries(conn: AsyncConnection, items: Sequence[NewDelivery]) -> None:
-    if items:
-        await conn.execute(
-            deliveries.insert(),
-            [
-                {
-                    "enrollment_id": d.enrollment_id,
-                    "lead_id": d.lead_id,
-                    "campaign_id": d.campaign_id,
-                    "step_id": d.step_id,
-                    "step_index": d.step_index,
-                    "due_at": d.due_at,
-                    "status": "pending",
-                }
-                for d in items
-            ],
+    """Insert planned deliveries as `pending`: one COPY on PostgreSQL, multi-row INSERTs on SQLite."""
+    if not items:
+        return
+    records = [
+        (
+            d.enrollment_id,
+            d.lead_id,
+            d.campaign_id,
+            d.step_id,
+            d.step_index,
+            d.recipient_domain,
+            d.due_at,
+            "pending",
         )
+        for d in items
+    ]
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        # The asyncpg connection behind SQLAlchemy's, inside the same transaction.
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            "deliveries", records=records, columns=_DELIVERY_COLUMNS
+        )
+        return
+    await conn.execute(deliveries.insert(), [dict(zip(_DELIVERY_COLUMNS, r, strict=True)) for r in records])
+
+
+async def insert_enrolled_touchpoints(
+    conn: AsyncConnection, enrolled: Sequence[tuple[int, str]], *, now: datetime
+) -> None:
+    """Append an `enrolled` touchpoint for each (lead id, campaign id): one COPY on PostgreSQL."""
+    if not enrolled:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            "touchpoints",
+            records=[(lead_id, "enrolled", now, campaign_id, "{}") for lead_id, campaign_id in enrolled],
+            columns=("lead_id", "kind", "occurred_at", "campaign_id", "detail"),
+        )
+        return
+    await conn.execute(
+        touchpoints.insert(),
+        [
+            {
+                "lead_id": lead_id,
+                "kind": "enrolled",
+                "occurred_at": now,
+                "campaign_id": campaign_id,
+                "detail": {},
+            }
+            for lead_id, campaign_id in enrolled
+        ],
+    )
 
 
 async def clear_enroll_pending(conn: AsyncConnection, lead_ids: Iterable[int]) -> None:
-    await conn.execute(update(leads).where(leads.c.id.in_(list(lead_ids))).values(enroll_pending=False))
+    await conn.execute(
+        update(leads).where(_among(conn, leads.c.id, list(lead_ids))).values(enroll_pending=False)
+    )
+
+
+def _among(conn: AsyncConnection, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+    """`column IN ids`; on PostgreSQL as `= ANY(array)`: one parameter, not one per id."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger())))
+    return column.in_(ids)
 
 
 async def end_enrollment(
