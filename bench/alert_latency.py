@@ -1,8 +1,10 @@
 """Benchmark: milliseconds from an event's HTTP request to its alert at the team's webhook.
 
-Each event is a `page_visit` of /pricing posted to `POST /api/events` (API key from `nurture apikey create`)
-for a lead of its own: a moment, so it alerts whatever the score, and no lead is ever inside its alert
-cooldown. Events are sequential, one in flight: the next is posted once the alert of the last one arrived.
+Each event is a `page_visit` of /pricing for a lead of its own, posted to `POST /api/events` (API key from
+`nurture apikey create`; stored by the web) or, with `--via beacon`, to the site beacon `POST /t/v` with the
+lead's visitor token, as site.js does (with Redis: one stream entry, stored by the worker's consumer). A
+pricing visit is a moment, so it alerts whatever the score, and no lead is ever inside its alert cooldown.
+Events are sequential, one in flight: the next is posted once the alert of the last one arrived.
 The client reads `perf_counter()` just before each request; the webhook receiver (tests/webhook_receiver.py,
 http.server in a thread of this process, behind Apprise's `json://`) reads it when the alert's body is in.
 
@@ -23,7 +25,10 @@ the rep's email first, then Apprise).
                                             [--warmup 5] [--gap-ms 0] [--log-level WARNING]
                                             [--worker-timeout-ms MS]
 
-PostgreSQL comes from NURTURE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test).
+    .venv/bin/python bench/alert_latency.py --via beacon [...]
+
+PostgreSQL comes from NURTURE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test), Redis from
+NURTURE_BENCH_REDIS (default redis://127.0.0.1:6379/14).
 """
 
 from __future__ import annotations
@@ -58,13 +63,14 @@ from common import (
 )
 from sqlalchemy import select
 
+from nurture.core.tracking import visitor_token
 from nurture.db.engine import Database
 from nurture.db.queries.tables import alerts, events, leads
 
 if TYPE_CHECKING:
     from tests.webhook_receiver import WebhookReceiver
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS", "redis://127.0.0.1:6379/14")  # flushed before and after
 SECRET = "bench-secret-key-0123456789abcdef"
 PRICING = "https://acmeflow.example/pricing"
 OWNER = "jordan.blake@acmeflow.example"  # a rep in reps.yaml: the alert also emails them
@@ -257,14 +263,19 @@ def post_leads(client: httpx.Client, emails: Sequence[str]) -> None:
             raise SystemExit(f"POST /api/leads: {response.status_code} {response.text[:300]}")
 
 
-def one_event(client: httpx.Client, receiver: WebhookReceiver, email: str, logs: Sequence[Path]) -> Sample:
-    body = {"email": email, "type": "page_visit", "url": PRICING}
+def one_event(
+    client: httpx.Client, receiver: WebhookReceiver, email: str, logs: Sequence[Path], visitor: str | None
+) -> Sample:
+    """Post one pricing visit (to the API, or to the beacon when `visitor` is the lead's token)."""
     sent_at = time.time()
     started = time.perf_counter()
-    response = client.post("/api/events", json=body)
+    if visitor is None:
+        response = client.post("/api/events", json={"email": email, "type": "page_visit", "url": PRICING})
+    else:
+        response = client.post("/t/v", json={"token": visitor, "url": PRICING})
     answered = time.perf_counter()
-    if response.status_code != 202:
-        raise SystemExit(f"POST /api/events: {response.status_code} {response.text[:300]}")
+    if response.status_code != (202 if visitor is None else 204):
+        raise SystemExit(f"{response.request.url.path}: {response.status_code} {response.text[:300]}")
     try:
         post = receiver.wait_for(lambda p: email in p.text, timeout_s=ALERT_TIMEOUT_S)
     except TimeoutError:
@@ -280,9 +291,10 @@ def measure(shape: Shape, receiver: WebhookReceiver, args: argparse.Namespace, n
     headers = {"authorization": f"Bearer {key}", "user-agent": "alert-latency-bench"}
     with httpx.Client(base_url=shape.base_url, headers=headers, timeout=30) as client:
         post_leads(client, emails)
+        visitors = asyncio.run(visitor_tokens(shape, emails)) if args.via == "beacon" else {}
         samples = []
         for index, email in enumerate(emails):
-            sample = one_event(client, receiver, email, shape.logs)
+            sample = one_event(client, receiver, email, shape.logs, visitors.get(email))
             if index >= args.warmup:
                 samples.append(sample)
             if args.gap_ms:
@@ -290,6 +302,24 @@ def measure(shape: Shape, receiver: WebhookReceiver, args: argparse.Namespace, n
     time.sleep(GRACE_S)
     stages = asyncio.run(split(shape.database_url, samples, receiver))
     return RunFigures(tuple(samples), sent=total, received=receiver.count(), stages_ms=stages)
+
+
+async def visitor_tokens(shape: Shape, emails: Sequence[str]) -> dict[str, str]:
+    """Each lead's visitor token (the `nl` parameter site.js reads), signed with the web's key."""
+    key = (
+        shape.env.get("NURTURE_SECRET_KEY")
+        or (Path(shape.env["NURTURE_DATA_DIR"]) / "secret.key").read_text()
+    )
+    db = Database(shape.database_url)
+    try:
+        async with db.transaction() as conn:
+            rows = await conn.execute(
+                select(leads.c.email, leads.c.id).where(leads.c.email.in_(list(emails)))
+            )
+            ids = {row.email: row.id for row in rows}
+    finally:
+        await db.aclose()
+    return {email: visitor_token(lead_id, key=key.strip().encode()) for email, lead_id in ids.items()}
 
 
 async def split(database_url: str, samples: Sequence[Sample], receiver: WebhookReceiver) -> dict[str, float]:
@@ -375,6 +405,9 @@ def parse_args() -> argparse.Namespace:
         "--events", type=int, default=300, help=f"measured events per run (default 300, max {MAX_EVENTS})"
     )
     add_runs_option(parser)
+    parser.add_argument(
+        "--via", choices=("api", "beacon"), default="api", help="post events to the API or the site beacon"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="events before the measured ones (default 5)")
     parser.add_argument("--gap-ms", type=int, default=0, help="pause after each alert arrived (default 0)")
     parser.add_argument("--log-level", default="WARNING", help="the services' log level (INFO = production)")
@@ -397,9 +430,9 @@ def main() -> None:
     args = parse_args()
     shapes = [s for s in ("embedded", "scaled") if getattr(args, s)] or ["embedded", "scaled"]
     print(
-        f"alert_latency: {args.events} events per run (+{args.warmup} warm-up), one in flight, "
-        f"gap {args.gap_ms} ms, {args.runs} runs, shapes {', '.join(shapes)}, dramatiq worker_timeout "
-        f"{args.worker_timeout_ms or 'default (1000)'} ms"
+        f"alert_latency: {args.events} events per run (+{args.warmup} warm-up) via {args.via}, one in "
+        f"flight, gap {args.gap_ms} ms, {args.runs} runs, shapes {', '.join(shapes)}, dramatiq "
+        f"worker_timeout {args.worker_timeout_ms or 'default (1000)'} ms"
     )
     receiver = webhook_receiver()
     results: dict[str, list[RunFigures]] = {}

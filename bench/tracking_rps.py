@@ -1,25 +1,30 @@
 """Benchmark: open-pixel and click requests per second through one `nurture web` process, next to a bare
 ASGI app on the same server stack.
 
-Each run, on a fresh PostgreSQL database (`bench_rps_<pid>`):
+Each run, on a fresh PostgreSQL database (`bench_rps_<pid>`) and a Redis database (flushed before and after):
 
 1. imports --leads nurturable leads and enrolls them, so each has its day-0 delivery; pixel and click URLs are
    signed for those (lead, delivery) pairs with the web's key, as the worker puts them in an email;
-2. starts `nurture web` (uvicorn) with Redis db 14 as its broker: every recorded event enqueues the lead's
-   re-score there (no worker runs; the queue is flushed after the run);
-3. starts the reference, `ReferenceApp` below in this script's own process under the same uvicorn settings
-   as `nurture.web.server.build_server` (uvicorn's default loop and HTTP implementation, no access log, no
+2. starts the reference, `ReferenceApp` below in a process of its own, under the server stack
+   `nurture.web.server.build_server` uses (uvicorn on uvloop + httptools when installed, no access log, no
    lifespan): it answers every GET with the same GIF and makes one Redis write (INCR) per request;
-4. drives each with a raw asyncio HTTP/1.1 client: --requests GETs spread over --connections keep-alive
-   connections, each connection one request at a time, after --warmup requests that are not counted. Every
-   answer's status is checked (200 for the pixel, 307 for the click).
+3. starts `nurture web` with Redis: each pixel or click is one XADD to the event stream, and the answer;
+4. drives each with wrk (one thread, --connections keep-alive connections, the URLs in turn; installed from
+   Debian's package when missing and run as root), a --warmup phase and then --seconds measured; any answer
+   but 2xx/3xx fails the run;
+5. starts one `nurture worker`, which stores the buffered events in PostgreSQL, times how long it takes to
+   empty the stream, and checks every request answered was recorded as an event (wrk does not count the up to
+   one request per connection still in flight when it stops, so up to that many more may be recorded).
 
-It prints requests per second, p50 and p99 latency, and nurture / reference for the pixel and the click.
+It prints requests per second, p50 and p99 latency (wrk's), nurture / reference for the pixel and the click,
+and the worker's drain rate, per run and as medians.
 
-    .venv/bin/python bench/tracking_rps.py [--requests 20000] [--connections 16] [--runs 3] [--leads 1000]
-                                           [--warmup 1000] [--log-level WARNING]
+    .venv/bin/python bench/tracking_rps.py [--seconds 10] [--connections 16] [--runs 3] [--leads 1000]
+                                           [--warmup 2] [--smoke] [--log-level WARNING]
 
-PostgreSQL comes from NURTURE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test).
+PostgreSQL comes from NURTURE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test), Redis from
+NURTURE_BENCH_REDIS (default redis://127.0.0.1:6379/14; no other process may use that database meanwhile:
+any `nurture worker` on it would consume the event stream too).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,18 +64,21 @@ from nurture.catalog import load_catalog
 from nurture.core.tracking import click_url, open_url
 from nurture.db.engine import Database
 from nurture.db.queries.tables import deliveries
+from nurture.event_stream import STREAM
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll
+from nurture.web.server import fastest_stack
 from nurture.web.tracking import NO_CACHE, PIXEL_GIF
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS", "redis://127.0.0.1:6379/14")  # flushed before and after
 SECRET = "bench-secret-key-0123456789abcdef"
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 TARGET = "https://acmeflow.example/tour/first-three-workflows"
 USER_AGENT = "Mozilla/5.0 (tracking-rps bench)"
-MAX_REQUESTS = 1_000_000
+MAX_SECONDS = 600
 MAX_CONNECTIONS = 1000
 START_TIMEOUT_S = 60
+DRAIN_TIMEOUT_S = 300
 
 
 # --- the reference -----------------------------------------------------------------------------------------
@@ -95,8 +105,11 @@ class ReferenceApp:
 
 def serve_reference(port: int) -> None:
     """Run `ReferenceApp` with the settings `build_server` gives the tracking web (until SIGTERM)."""
+    loop, http = fastest_stack()
     config = uvicorn.Config(
         ReferenceApp(REDIS_URL),
+        loop=loop,
+        http=http,
         host="127.0.0.1",
         port=port,
         lifespan="off",
@@ -108,14 +121,26 @@ def serve_reference(port: int) -> None:
     uvicorn.Server(config).run()
 
 
-# --- the client --------------------------------------------------------------------------------------------
+# --- the client: wrk ---------------------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("WRK_PATHS")) do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1], {["User-Agent"] = os.getenv("WRK_UA")})
+end
+"""
 
 
 @dataclass(frozen=True, slots=True)
 class Phase:
-    requests: int
+    requests: int  # answered within the phase (wrk does not count the ones in flight when it stops)
     seconds: float
-    latencies_ms: tuple[float, ...]
+    p50_ms: float
+    p99_ms: float
+    bad_answers: int  # anything but 2xx/3xx, and socket errors
     server_cpu_s: float = float("nan")  # CPU time the server process used meanwhile (Linux only)
 
     @property
@@ -126,68 +151,68 @@ class Phase:
     def cpu_per_request_us(self) -> float:
         return self.server_cpu_s / self.requests * 1e6
 
-    def percentile(self, q: float) -> float:
-        """The nearest-rank percentile `q` (0-100) of the latencies."""
-        ordered = sorted(self.latencies_ms)
-        rank = max(1, -(-len(ordered) * q // 100))
-        return ordered[int(rank) - 1]
 
-
-async def _get(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, expected: int
-) -> None:
-    """Send one GET on a keep-alive connection and read its whole answer."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
-    length = next(
-        (int(v) for n, _, v in (x.partition(":") for x in lines) if n.lower() == "content-length"), None
-    )
-    if length is None:
-        raise RuntimeError(f"an answer without Content-Length: {head!r}")
-    await reader.readexactly(length)
-    if status != expected:
-        raise RuntimeError(f"expected {expected}, got {status_line!r}")
-
-
-async def hammer(port: int, paths: Sequence[str], *, requests: int, connections: int, expected: int) -> Phase:
-    """GET `paths` in turn, `requests` in all, over `connections` keep-alive connections."""
-    head = f"HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\n\r\n"
-    encoded = [f"GET {p} {head}".encode() for p in paths]
-    latencies: list[float] = []
-    issued = 0
-
-    async def connection() -> None:
-        nonlocal issued
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while issued < requests:
-                request = encoded[issued % len(encoded)]
-                issued += 1
-                started = time.perf_counter()
-                await _get(reader, writer, request, expected)
-                latencies.append((time.perf_counter() - started) * 1000)
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(min(connections, requests))))
-    return Phase(len(latencies), time.perf_counter() - started, tuple(latencies))
-
-
-def run_phase(port: int, paths: Sequence[str], args: argparse.Namespace, *, expected: int, pid: int) -> Phase:
-    """Warm up, then measure; `pid` is the server's process, whose CPU time is counted."""
-    if args.warmup:
-        asyncio.run(
-            hammer(port, paths, requests=args.warmup, connections=args.connections, expected=expected)
+def ensure_wrk() -> str:
+    """The path of wrk, installed from Debian's package when missing (root only)."""
+    found = shutil.which("wrk")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True, timeout=300
         )
-    cpu_before = process_cpu_s(pid)
-    phase = asyncio.run(
-        hammer(port, paths, requests=args.requests, connections=args.connections, expected=expected)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("wrk is required: apt-get install wrk")
+    return found
+
+
+def wrk(port: int, paths_file: Path, *, seconds: int, connections: int, folder: Path) -> Phase:
+    """Run wrk (one thread) against `port` for `seconds`, GETting the paths in `paths_file` in turn."""
+    script = folder / "paths.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "WRK_PATHS": str(paths_file), "WRK_UA": USER_AGENT}
+    command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    done = subprocess.run(
+        [*command, "-s", str(script), f"http://127.0.0.1:{port}/"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
     )
-    return replace(phase, server_cpu_s=process_cpu_s(pid) - cpu_before)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def parse_wrk(output: str) -> Phase:
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if found is None:
+            raise SystemExit(f"wrk printed no {label}% latency:\n{output}")
+        return float(found[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found[2]]
+
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(ms|s)", output, re.MULTILINE)
+    if total is None:
+        raise SystemExit(f"unexpected wrk output:\n{output}")
+    seconds = float(total[2]) / (1000 if total[3] == "ms" else 1)
+    bad = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    bad += sum(int(n) for n in errors.groups()) if errors else 0
+    return Phase(int(total[1]), seconds, ms("50"), ms("99"), bad)
+
+
+def run_phase(
+    port: int, paths_file: Path, args: argparse.Namespace, *, pid: int, folder: Path
+) -> list[Phase]:
+    """Warm up, then measure; `pid` is the server's process, whose CPU time is counted. Returns both phases
+    (the warm-up's requests are recorded too)."""
+    phases = []
+    if args.warmup > 0:
+        phases.append(wrk(port, paths_file, seconds=args.warmup, connections=args.connections, folder=folder))
+    cpu_before = process_cpu_s(pid)
+    measured = wrk(port, paths_file, seconds=args.seconds, connections=args.connections, folder=folder)
+    phases.append(replace(measured, server_cpu_s=process_cpu_s(pid) - cpu_before))
+    return phases
 
 
 def process_cpu_s(pid: int) -> float:
@@ -303,6 +328,8 @@ class RunFigures:
     reference: Phase
     pixel: Phase
     click: Phase
+    events: int  # stored by the worker once the stream was drained
+    drain_rate: float  # events stored per second by one worker, from the stream that built up meanwhile
 
 
 def run_once(args: argparse.Namespace, folder: Path) -> RunFigures:
@@ -315,44 +342,88 @@ def run_once(args: argparse.Namespace, folder: Path) -> RunFigures:
         base_url = f"http://127.0.0.1:{web_port}"
         key = SECRET.encode()
         prefix = len(base_url)
-        pixels = [open_url(base_url, lead_id=lead, delivery_id=d, key=key)[prefix:] for lead, d in pairs]
-        clicks = [
-            click_url(base_url, lead_id=lead, delivery_id=d, url=TARGET, key=key)[prefix:]
-            for lead, d in pairs
-        ]
+        pixels, clicks = folder / "pixels.txt", folder / "clicks.txt"
+        pixels.write_text(
+            "".join(
+                open_url(base_url, lead_id=lead, delivery_id=d, key=key)[prefix:] + "\n" for lead, d in pairs
+            )
+        )
+        clicks.write_text(
+            "".join(
+                click_url(base_url, lead_id=lead, delivery_id=d, url=TARGET, key=key)[prefix:] + "\n"
+                for lead, d in pairs
+            )
+        )
         env = web_env(folder, database_url=database_url, base_url=base_url, log_level=args.log_level)
         reference_command = [sys.executable, __file__, "--serve-reference", str(reference_port)]
         with server(reference_command, env, folder / "reference.log", reference_port) as pid:
-            reference = run_phase(reference_port, pixels, args, expected=200, pid=pid)
+            *_, reference = run_phase(reference_port, pixels, args, pid=pid, folder=folder)
         web_command = [sys.executable, "-m", "nurture", "web", "--host", "127.0.0.1", "--port", str(web_port)]
         with server(web_command, env, folder / "web.log", web_port) as pid:
-            pixel = run_phase(web_port, pixels, args, expected=200, pid=pid)
-            click = run_phase(web_port, clicks, args, expected=307, pid=pid)
-        asyncio.run(check_recorded(database_url, args))
+            pixel_phases = run_phase(web_port, pixels, args, pid=pid, folder=folder)
+            click_phases = run_phase(web_port, clicks, args, pid=pid, folder=folder)
+        phases = [*pixel_phases, *click_phases]
+        if any(p.bad_answers for p in phases):
+            raise SystemExit(
+                f"the web gave {sum(p.bad_answers for p in phases)} bad answers or socket errors"
+            )
+        drain_rate = drain(env, folder)
+        answered = sum(p.requests for p in phases)
+        events = asyncio.run(count_events(database_url))
+        # wrk stops with up to one request per connection in flight: answered and recorded, but not counted.
+        if not answered <= events <= answered + len(phases) * args.connections:
+            logs = "".join((folder / name).read_text()[-1500:] for name in ("web.log", "worker.log"))
+            raise SystemExit(f"{events} events recorded for {answered} requests answered; logs:\n{logs}")
     finally:
         flush_redis()
         asyncio.run(drop_pg_database(name))
-    return RunFigures(reference=reference, pixel=pixel, click=click)
+    return RunFigures(reference, pixel_phases[-1], click_phases[-1], events, drain_rate)
 
 
-async def check_recorded(database_url: str, args: argparse.Namespace) -> None:
-    """Every pixel and click request was recorded as an event (the web answers even when recording fails)."""
+def drain(env: dict[str, str], folder: Path) -> float:
+    """Run one `nurture worker` until the event stream is empty; return the events stored per second."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        backlog = int(client.xlen(STREAM))
+        command = [sys.executable, "-m", "nurture", "worker"]
+        with (
+            (folder / "worker.log").open("w") as log,
+            subprocess.Popen(command, env=env, cwd=folder, stderr=log) as worker,
+        ):
+            try:
+                started = time.perf_counter()
+                deadline = started + DRAIN_TIMEOUT_S
+                while client.xlen(STREAM) or client.xpending(STREAM, "recorders")["pending"]:
+                    if time.perf_counter() > deadline or worker.poll() is not None:
+                        tail = (folder / "worker.log").read_text()[-2000:]
+                        raise SystemExit(f"the worker did not drain the stream:\n{tail}")
+                    time.sleep(0.05)
+                seconds = time.perf_counter() - started
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+    finally:
+        client.close()
+    return backlog / seconds
+
+
+async def count_events(database_url: str) -> int:
     db = Database(database_url)
     try:
         async with db.transaction() as conn:
-            count = (await conn.exec_driver_sql("SELECT count(*) FROM events")).scalar_one()
+            return int((await conn.exec_driver_sql("SELECT count(*) FROM events")).scalar_one())
     finally:
         await db.aclose()
-    expected = 2 * (args.requests + args.warmup)
-    if count != expected:
-        raise SystemExit(f"{count} events recorded for {expected} pixel and click requests")
 
 
 def describe(number: int, run: RunFigures) -> str:
     def line(label: str, phase: Phase) -> str:
         return (
-            f"{label:<20} {phase.rate:8,.0f} req/s  p50 {phase.percentile(50):6.2f} ms  "
-            f"p99 {phase.percentile(99):6.2f} ms  ({phase.requests} in {phase.seconds:.2f} s; server "
+            f"{label:<20} {phase.rate:8,.0f} req/s  p50 {phase.p50_ms:6.2f} ms  "
+            f"p99 {phase.p99_ms:6.2f} ms  ({phase.requests} in {phase.seconds:.2f} s; server "
             f"{phase.server_cpu_s / phase.seconds:.2f} cores, {phase.cpu_per_request_us:.0f} us CPU/req)"
         )
 
@@ -364,6 +435,7 @@ def describe(number: int, run: RunFigures) -> str:
             line("nurture click", run.click),
             f"pixel / reference {run.pixel.rate / run.reference.rate:.3f}, "
             f"click / reference {run.click.rate / run.reference.rate:.3f}",
+            f"{run.events} events stored; one worker drained the stream at {run.drain_rate:,.0f} events/s",
         )
     )
 
@@ -372,17 +444,20 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=20_000, help="measured GETs per phase (20000)")
+    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per phase (10)")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (16)")
     add_runs_option(parser)
     parser.add_argument("--leads", type=int, default=1000, help="leads the URLs are spread over (1000)")
-    parser.add_argument("--warmup", type=int, default=1000, help="uncounted GETs before each phase (1000)")
+    parser.add_argument("--warmup", type=int, default=2, help="uncounted seconds before each phase (2)")
+    parser.add_argument("--smoke", action="store_true", help="one short run with few leads (CI)")
     parser.add_argument("--log-level", default="WARNING", help="the web's log level (INFO = production)")
     parser.add_argument("--serve-reference", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.connections <= MAX_CONNECTIONS:
-        parser.error(f"--requests is 1..{MAX_REQUESTS}, --connections 1..{MAX_CONNECTIONS}")
-    if args.runs < 1 or args.leads < 1 or not 0 <= args.warmup <= MAX_REQUESTS:
+    if args.smoke:
+        args.seconds, args.warmup, args.runs, args.leads, args.connections = 1, 0, 1, 50, 4
+    if not 0 < args.seconds <= MAX_SECONDS or not 1 <= args.connections <= MAX_CONNECTIONS:
+        parser.error(f"--seconds is up to {MAX_SECONDS}, --connections 1..{MAX_CONNECTIONS}")
+    if args.runs < 1 or args.leads < 1 or not 0 <= args.warmup <= MAX_SECONDS:
         parser.error("--runs and --leads must be positive, --warmup not negative")
     return args
 
@@ -392,9 +467,10 @@ def main() -> None:
     if args.serve_reference is not None:
         serve_reference(args.serve_reference)
         return
+    ensure_wrk()
     print(
-        f"tracking_rps: {args.requests} GETs per phase (+{args.warmup} warm-up) over {args.connections} "
-        f"keep-alive connections, {args.leads} leads, PostgreSQL + Redis, {args.runs} runs"
+        f"tracking_rps: wrk, {args.seconds:g} s per phase (+{args.warmup:g} s warm-up) over "
+        f"{args.connections} keep-alive connections, {args.leads} leads, PostgreSQL + Redis, {args.runs} runs"
     )
     runs: list[RunFigures] = []
     with tempfile.TemporaryDirectory(prefix="nurture-bench-") as tmp:
@@ -412,12 +488,13 @@ def main() -> None:
     }
     for label, phases in measured.items():
         print(summary(f"{label}", [p.rate for p in phases], "req/s"))
-        print(summary(f"{label} p50", [p.percentile(50) for p in phases], "ms", digits=2))
-        print(summary(f"{label} p99", [p.percentile(99) for p in phases], "ms", digits=2))
+        print(summary(f"{label} p50", [p.p50_ms for p in phases], "ms", digits=2))
+        print(summary(f"{label} p99", [p.p99_ms for p in phases], "ms", digits=2))
         cpu = [p.cpu_per_request_us for p in phases]
         print(summary(f"{label} server CPU per request", cpu, "us"))
     print(summary("pixel / reference", [r.pixel.rate / r.reference.rate for r in runs], "", digits=3))
     print(summary("click / reference", [r.click.rate / r.reference.rate for r in runs], "", digits=3))
+    print(summary("worker drain", [r.drain_rate for r in runs], "events/s"))
 
 
 if __name__ == "__main__":

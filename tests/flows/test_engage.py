@@ -3,6 +3,7 @@ stops every campaign of the lead."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +22,10 @@ from nurture.flows.engage import (
     find_leads_by_email,
     record_event,
     record_events,
+    record_keyed_events,
     unsubscribe,
 )
+from nurture.flows.erase import erase_lead
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
 from tests.fakes import RecordingTransport
@@ -302,7 +305,7 @@ async def test_record_event_for_an_unknown_lead_returns_none_and_stores_nothing(
     assert await _engagement_touchpoints(db) == []
 
 
-async def test_a_delivery_of_another_lead_is_not_attached_to_the_event(
+async def test_an_event_naming_a_delivery_of_another_lead_is_refused(
     db: Database, catalog: Catalog, mailer: Mailer
 ) -> None:
     await _enrolled_and_first_step_sent(db, catalog, mailer)
@@ -310,13 +313,16 @@ async def test_a_delivery_of_another_lead_is_not_attached_to_the_event(
     [others] = await _rows(
         db, select(deliveries.c.id).where(deliveries.c.lead_id == other, deliveries.c.status == "sent")
     )
+    later = START + timedelta(hours=1)
+    crossed = InboundEvent(lead_id=mei, type="email_open", occurred_at=later, delivery_id=others["id"])
+    keyed = InboundEvent(mei, "email_click", later, delivery_id=others["id"], idempotency_key="k1")
+    missing = InboundEvent(mei, "email_open", later, delivery_id=999_999)
 
-    event = InboundEvent(lead_id=mei, type="email_open", occurred_at=START, delivery_id=others["id"])
-    assert await record_event(db, event, now=START) is not None
+    assert await record_events(db, [crossed, missing], now=later) == [NotRecorded.FOREIGN_DELIVERY] * 2
+    assert await record_keyed_events(db, [keyed], now=later) == [NotRecorded.FOREIGN_DELIVERY]
 
-    [stored] = await _event_rows(db)
-    [touch] = await _engagement_touchpoints(db)
-    assert (stored["delivery_id"], touch["delivery_id"], touch["campaign_id"]) == (None, None, None)
+    assert await _event_rows(db) == []
+    assert await _engagement_touchpoints(db) == []
 
 
 async def test_record_events_reports_each_event_of_a_batch(db: Database) -> None:
@@ -361,3 +367,75 @@ def test_an_inbound_event_refuses_what_its_tables_cannot_hold(changes: dict[str,
     values: dict[str, Any] = {"lead_id": 1, "type": "page_visit", "occurred_at": START, **changes}
     with pytest.raises(ValueError, match=message):
         InboundEvent(**values)
+
+
+async def test_an_unsubscribed_address_stays_unsubscribed_when_erased_and_imported_again(
+    db: Database, catalog: Catalog, mailer: Mailer
+) -> None:
+    # Given a lead who unsubscribed, whose data was then erased
+    delivery_id = await _enrolled_and_first_step_sent(db, catalog, mailer)
+    mei = await _lead_id(db, "mei@example.com")
+    assert await unsubscribe(db, lead_id=mei, delivery_id=delivery_id, now=START + timedelta(hours=1))
+    await erase_lead(db, "mei@example.com", now=START + timedelta(days=1))
+
+    # When the address comes back in an import
+    await import_leads(db, LEADS[:1], now=START + timedelta(days=2))
+
+    # Then the new lead is suppressed as unsubscribed: the person's request outlived the erasure
+    [lead] = await _rows(db, select(leads).where(leads.c.email == "mei@example.com"))
+    assert (lead["id"] != mei, lead["suppressed"], lead["suppressed_reason"]) == (True, True, "unsubscribed")
+
+
+# --- the machine flag, stored -------------------------------------------------------------------------------
+
+
+async def _properties(db: Database) -> list[dict[str, Any]]:
+    return [dict(row["properties"]) for row in await _event_rows(db)]
+
+
+async def test_machine_events_are_stored_with_the_flag_and_why_on_both_record_paths(
+    db: Database, catalog: Catalog, mailer: Mailer
+) -> None:
+    delivery_id = await _enrolled_and_first_step_sent(db, catalog, mailer)
+    mei = await _lead_id(db, "mei@example.com")
+    later = START + timedelta(hours=1)
+    proxy = "Mozilla/5.0 (via ggpht.com GoogleImageProxy)"
+    events = [
+        InboundEvent(mei, "email_open", START + timedelta(seconds=2), delivery_id=delivery_id),
+        InboundEvent(mei, "email_click", later, url="https://a.example/", head_request=True),
+        InboundEvent(mei, "email_open", later, user_agent=proxy, delivery_id=delivery_id),
+        InboundEvent(mei, "page_visit", later, url="https://a.example/"),  # a person
+    ]
+
+    await record_events(db, events[:2], now=later)
+    keyed = [replace(e, idempotency_key=f"k{i}") for i, e in enumerate(events[2:])]
+    await record_keyed_events(db, keyed, now=later)
+
+    stored = await _properties(db)
+    assert [(p.get("machine"), p.get("machine_reason")) for p in stored] == [
+        (True, "open 2s after delivery"),
+        (True, "HEAD request"),
+        (True, "scanner user agent (googleimageproxy)"),
+        (None, None),
+    ]
+
+
+async def test_a_senders_machine_mark_is_kept_only_as_json_true(db: Database) -> None:
+    await import_leads(db, LEADS, now=START)
+    mei = await _lead_id(db, "mei@example.com")
+    marks: list[dict[str, Any]] = [
+        {"machine": True},
+        {"machine": True, "machine_reason": "our crawler"},
+        {"machine": "yes", "machine_reason": "spoofed"},  # not JSON true: not a flag
+        {"machine": False, "plan": "pro"},
+    ]
+    events = [InboundEvent(mei, "page_visit", START, properties=m) for m in marks]
+
+    await record_events(db, events, now=START)
+
+    assert await _properties(db) == [
+        {"machine": True, "machine_reason": "marked by its sender"},
+        {"machine": True, "machine_reason": "our crawler"},
+        {},
+        {"plan": "pro"},
+    ]

@@ -37,6 +37,7 @@ from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
 from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
+from nurture.web.app import create_app
 from nurture.web.server import WebAddress, build_server
 from nurture.web.tracking import PIXEL_GIF
 
@@ -197,15 +198,44 @@ async def test_the_pixel_answers_an_uncached_gif_and_records_one_open_per_reques
         assert response.headers["expires"] == "Thu, 01 Jan 1970 00:00:00 GMT"
     assert first.content == second.content == PIXEL_GIF
     assert first.content.startswith(b"GIF89a")
-    # And each GET is one open, of that delivery, with its user agent; HEAD records nothing
+    # And each request is one open, of that delivery, with its user agent; the HEAD one flagged as a machine
     opens = await web.events()
     assert [(e["type"], e["lead_id"], e["delivery_id"]) for e in opens] == [
         ("email_open", mailed.lead_id, mailed.delivery_id)
-    ] * 2
-    assert [e["occurred_at"] for e in opens] == [START, START + timedelta(hours=1)]
+    ] * 3
+    assert [e["occurred_at"] for e in opens] == [
+        START,
+        START + timedelta(hours=1),
+        START + timedelta(hours=1),
+    ]
     assert opens[0]["properties"]["user_agent"] == "Mozilla/5.0 (Mail)"
-    assert await web.count(touchpoints, touchpoints.c.kind == "email_open") == 2
-    assert web.enqueued == [mailed.lead_id, mailed.lead_id]
+    # (the first came the instant the email was sent: within min_open_delay, so flagged too)
+    reasons = [e["properties"].get("machine_reason") for e in opens]
+    assert reasons == ["open 0ms after delivery", None, "HEAD request"]
+    assert await web.count(touchpoints, touchpoints.c.kind == "email_open") == 3
+    assert web.enqueued == [mailed.lead_id] * 3
+
+
+async def test_the_starlette_routes_answer_and_flag_head_requests_as_the_fast_path_does(web: Web) -> None:
+    # Given the app without the server's fast path (as any other ASGI server would run it)
+    mailed = await _mail_first_step(web)
+    web.clock.advance(timedelta(hours=1))
+    app = httpx.ASGITransport(app=create_app(web.runtime))
+
+    # When a link checker asks HEAD of the pixel and a click URL
+    async with httpx.AsyncClient(transport=app, base_url=web.base_url) as client:
+        pixel = await client.head(mailed.pixel)
+        click = await client.head(mailed.clicks[TARGET])
+
+    # Then both are answered as GETs are, and stored flagged as a machine's
+    assert (pixel.status_code, pixel.headers["content-type"], click.status_code) == (200, "image/gif", 307)
+    assert click.headers["location"].startswith(TARGET)
+    stored = await web.events()
+    assert [(e["type"], e["properties"]["machine_reason"]) for e in stored] == [
+        ("email_open", "HEAD request"),
+        ("email_click", "HEAD request"),
+    ]
+    assert all(e["properties"]["machine"] is True for e in stored)
 
 
 async def test_a_click_redirects_to_the_exact_url_with_the_visitor_token_and_records_the_click(

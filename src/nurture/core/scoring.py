@@ -4,9 +4,10 @@
 `scoring.yaml` is applied by scoring again (`nurture rescore --all`). For each event it decides, in order:
 
 1. **In the future** (after `now`): ignored.
-2. **Machine-generated**: a user agent containing one of `scanner_user_agents` (case-insensitive substrings:
-   link scanners, security gateways, privacy proxies, HTTP libraries); an `email_open` less than
-   `min_open_delay` after its email was sent; `click_burst` or more `email_click`s of one delivery within one
+2. **Machine-generated**: flagged as such when it was stored (`machine_reason`, e.g. a HEAD request), or so
+   by `core.machine.machine_reason` under the current rules (a user agent containing one of
+   `scanner_user_agents`; an `email_open` less than `min_open_delay`, or an `email_click` less than a second,
+   after its email was sent), or one of `click_burst` or more `email_click`s of one delivery within one
    second (a scanner following every link). Ignored, with a reason starting "machine: ".
 3. **Points**: the first `url_rules` entry whose `event_types` holds the event's type and whose pattern
    matches its URL, else `points[type]`. A type with neither is ignored ("no points for ..."); a rule worth
@@ -41,6 +42,7 @@ from nurture.core._scoring_schema import (
     cross_checks,
 )
 from nurture.core._yaml import validate_yaml
+from nurture.core.machine import machine_reason
 from nurture.errors import ConfigError
 
 __all__ = [
@@ -72,6 +74,7 @@ class EngagementEvent:
     user_agent: str | None = None
     delivery_sent_at: datetime | None = None  # when the email this open/click belongs to was sent
     delivery_id: int | None = None
+    machine_reason: str | None = None  # why it was flagged as machine-made when stored, if it was
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,16 +292,16 @@ def _base_points(
 
 
 def _machine_reason(event: EngagementEvent, rules: ScoringRules, *, in_burst: bool) -> str | None:
-    agent = (event.user_agent or "").casefold()
-    scanner = next((ua for ua in rules.scanner_user_agents if ua and ua.casefold() in agent), None)
-    if scanner is not None:
-        return f"machine: scanner user agent ({scanner})"
-    if event.type == "email_open" and event.delivery_sent_at is not None:
-        delay = event.occurred_at - event.delivery_sent_at
-        if delay < timedelta(0):
-            return "machine: open before delivery"
-        if delay < rules.min_open_delay:
-            return f"machine: open {int(delay.total_seconds())}s after delivery"
+    reason = event.machine_reason or machine_reason(
+        event.type,
+        occurred_at=event.occurred_at,
+        user_agent=event.user_agent,
+        delivery_sent_at=event.delivery_sent_at,
+        scanner_user_agents=rules.scanner_user_agents,
+        min_open_delay=rules.min_open_delay,
+    )
+    if reason is not None:
+        return f"machine: {reason}"
     if in_burst:
         return "machine: click burst"
     return None

@@ -18,14 +18,28 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from nurture.core.machine import machine_reason
+from nurture.core.privacy import address_hash
+from nurture.core.scoring import DEFAULT_RULES, ScoringRules
 from nurture.db.engine import Database
-from nurture.db.queries.deliveries import append_touchpoint, fetch_delivery_of_lead
-from nurture.db.queries.events import fetch_existing_lead_ids, fetch_lead_ids_by_email, insert_event
+from nurture.db.queries.deliveries import append_touchpoint, append_touchpoints, fetch_delivery_of_lead
+from nurture.db.queries.events import (
+    EventSource,
+    fetch_deliveries_of_leads,
+    fetch_existing_lead_ids,
+    fetch_lead_email,
+    fetch_lead_ids_by_email,
+    insert_event,
+    insert_keyed_events,
+)
 from nurture.db.queries.leads import lock_lead_suppression, suppress_lead
+from nurture.db.queries.suppressions import add_suppression
 
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBED = "unsubscribed"
+MACHINE: Final = "machine"  # events.properties keys of the machine flag (see `_properties`)
+MACHINE_REASON: Final = "machine_reason"
 # An event's type is also its touchpoint's kind, a 40-character column.
 EVENT_TYPE: Final = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -42,6 +56,7 @@ class InboundEvent:
     delivery_id: int | None = None  # the email it came from, when known
     idempotency_key: str | None = None  # a replay with the same key is recorded once
     properties: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    head_request: bool = False  # the tracking URL was fetched with HTTP HEAD: a machine, never a person
 
     def __post_init__(self) -> None:
         if not EVENT_TYPE.fullmatch(self.type):
@@ -59,28 +74,34 @@ class RecordedEvent:
 class NotRecorded(StrEnum):
     DUPLICATE = "duplicate"  # its idempotency key is already stored
     UNKNOWN_LEAD = "unknown_lead"
+    FOREIGN_DELIVERY = "foreign_delivery"  # it names an email that is not its lead's: refused
 
 
-async def record_event(db: Database, event: InboundEvent, *, now: datetime) -> RecordedEvent | None:
-    """Store `event` and its touchpoint; None when it is a replay or its lead does not exist."""
-    [outcome] = await record_events(db, [event], now=now)
+async def record_event(
+    db: Database, event: InboundEvent, *, now: datetime, rules: ScoringRules = DEFAULT_RULES
+) -> RecordedEvent | None:
+    """Store `event` and its touchpoint; None when it is a replay, or its lead or email is not its own."""
+    [outcome] = await record_events(db, [event], now=now, rules=rules)
     return outcome if isinstance(outcome, RecordedEvent) else None
 
 
 async def record_events(
-    db: Database, events: Sequence[InboundEvent], *, now: datetime
+    db: Database, events: Sequence[InboundEvent], *, now: datetime, rules: ScoringRules = DEFAULT_RULES
 ) -> list[RecordedEvent | NotRecorded]:
     """Store several events in one transaction; return what became of each, in order.
 
-    The touchpoint of an event has the event's type as its kind, and names the campaign step when the
-    event's delivery is one of its lead's; a delivery of another lead is not attached to the event.
+    The touchpoint of an event has the event's type as its kind and names the campaign step of the event's
+    delivery. An event whose delivery is not its lead's is refused (`FOREIGN_DELIVERY`): only a holder of
+    the signing key could make such a token. An event that `core.machine` finds machine-made is stored with
+    `properties.machine = true` and `properties.machine_reason` (under `rules`); see `_properties`.
     """
     if not events:
         return []
     async with db.transaction() as conn:
         known = await fetch_existing_lead_ids(conn, {e.lead_id for e in events})
         outcomes = [
-            await _record(conn, e, now) if e.lead_id in known else NotRecorded.UNKNOWN_LEAD for e in events
+            await _record(conn, e, now, rules) if e.lead_id in known else NotRecorded.UNKNOWN_LEAD
+            for e in events
         ]
     for event, outcome in zip(events, outcomes, strict=True):
         if isinstance(outcome, RecordedEvent):
@@ -92,33 +113,132 @@ async def record_events(
     return outcomes
 
 
-async def _record(conn: AsyncConnection, event: InboundEvent, now: datetime) -> RecordedEvent | NotRecorded:
+async def record_keyed_events(
+    db: Database, events: Sequence[InboundEvent], *, now: datetime, rules: ScoringRules = DEFAULT_RULES
+) -> list[RecordedEvent | NotRecorded]:
+    """`record_events` for a batch in which every event has an idempotency key, in five statements at most.
+
+    This is how the buffered tracking events are stored: their keys come from their stream entries, so a
+    batch stored again after a crash records nothing twice.
+    """
+    if any(e.idempotency_key is None for e in events):
+        raise ValueError("record_keyed_events needs an idempotency key on every event")
+    if not events:
+        return []
+    async with db.transaction() as conn:
+        known = await fetch_existing_lead_ids(conn, {e.lead_id for e in events})
+        sources = await fetch_deliveries_of_leads(
+            conn,
+            {(e.delivery_id, e.lead_id) for e in events if e.delivery_id is not None and e.lead_id in known},
+        )
+        refusals = [_refusal(e, known, sources) for e in events]
+        storable = [e for e, refusal in zip(events, refusals, strict=True) if refusal is None]
+        firsts: dict[str, InboundEvent] = {}
+        for e in storable:  # a key twice: the first one counts; rows go in in the batch's order
+            firsts.setdefault(str(e.idempotency_key), e)
+        keyed = [(key, e, _source_of(e, sources)) for key, e in firsts.items()]
+        ids = await insert_keyed_events(conn, [_event_row(e, s, now, key, rules) for key, e, s in keyed])
+        await append_touchpoints(conn, [_touchpoint(e, ids[key], s) for key, e, s in keyed if key in ids])
+    outcomes: list[RecordedEvent | NotRecorded] = []
+    for e, refusal in zip(events, refusals, strict=True):
+        event_id = ids.pop(str(e.idempotency_key), None)
+        if refusal is not None:
+            outcomes.append(refusal)
+        elif event_id is not None:
+            outcomes.append(RecordedEvent(event_id=event_id, lead_id=e.lead_id))
+        else:
+            outcomes.append(NotRecorded.DUPLICATE)
+    return outcomes
+
+
+def _refusal(
+    event: InboundEvent, known: Collection[int], sources: Mapping[tuple[int, int], EventSource]
+) -> NotRecorded | None:
+    if event.lead_id not in known:
+        return NotRecorded.UNKNOWN_LEAD
+    if event.delivery_id is not None and (event.delivery_id, event.lead_id) not in sources:
+        return NotRecorded.FOREIGN_DELIVERY
+    return None
+
+
+def _source_of(event: InboundEvent, sources: Mapping[tuple[int, int], EventSource]) -> EventSource | None:
+    return None if event.delivery_id is None else sources.get((event.delivery_id, event.lead_id))
+
+
+def _event_row(
+    event: InboundEvent, source: EventSource | None, now: datetime, key: str | None, rules: ScoringRules
+) -> dict[str, Any]:
+    return {
+        "lead_id": event.lead_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "received_at": now,
+        "delivery_id": source.delivery_id if source is not None else None,
+        "idempotency_key": key,
+        "properties": _properties(event, source, rules),
+    }
+
+
+def _properties(event: InboundEvent, source: EventSource | None, rules: ScoringRules) -> dict[str, Any]:
+    """The stored properties: the event's own, its URL and user agent, and the machine flag.
+
+    `machine` is stored only as JSON true (reports and scoring rely on exactly that), with `machine_reason`:
+    when `core.machine` finds the event machine-made, or when its sender marked it `machine: true`.
+    """
+    stored = {k: v for k, v in event.properties.items() if k not in (MACHINE, MACHINE_REASON)}
+    stored.update((k, v) for k, v in (("url", event.url), ("user_agent", event.user_agent)) if v is not None)
+    reason = machine_reason(
+        event.type,
+        occurred_at=event.occurred_at,
+        user_agent=event.user_agent,
+        delivery_sent_at=source.sent_at if source is not None else None,
+        scanner_user_agents=rules.scanner_user_agents,
+        min_open_delay=rules.min_open_delay,
+        head_request=event.head_request,
+    )
+    if reason is None and event.properties.get(MACHINE) is True:
+        given = event.properties.get(MACHINE_REASON)
+        reason = given if isinstance(given, str) and given else "marked by its sender"
+    if reason is not None:
+        stored.update({MACHINE: True, MACHINE_REASON: reason})
+    return stored
+
+
+def _touchpoint(event: InboundEvent, event_id: int, source: EventSource | None) -> dict[str, Any]:
+    return {
+        "lead_id": event.lead_id,
+        "kind": event.type,
+        "occurred_at": event.occurred_at,
+        "campaign_id": source.campaign_id if source is not None else None,
+        "step_id": source.step_id if source is not None else None,
+        "delivery_id": source.delivery_id if source is not None else None,
+        "detail": {"event_id": event_id, **({"url": event.url} if event.url else {})},
+    }
+
+
+async def _record(
+    conn: AsyncConnection, event: InboundEvent, now: datetime, rules: ScoringRules
+) -> RecordedEvent | NotRecorded:
     source = None
     if event.delivery_id is not None:
-        source = await fetch_delivery_of_lead(conn, event.delivery_id, event.lead_id)
-    extras = {"url": event.url, "user_agent": event.user_agent}
+        pair = (event.delivery_id, event.lead_id)
+        source = (await fetch_deliveries_of_leads(conn, [pair])).get(pair)
+        if source is None:
+            return NotRecorded.FOREIGN_DELIVERY
+    row = _event_row(event, source, now, event.idempotency_key, rules)
     event_id = await insert_event(
         conn,
-        lead_id=event.lead_id,
-        event_type=event.type,
-        occurred_at=event.occurred_at,
-        received_at=now,
-        delivery_id=source.delivery_id if source is not None else None,
-        idempotency_key=event.idempotency_key,
-        properties={**event.properties, **{k: v for k, v in extras.items() if v is not None}},
+        lead_id=row["lead_id"],
+        event_type=row["type"],
+        occurred_at=row["occurred_at"],
+        received_at=row["received_at"],
+        delivery_id=row["delivery_id"],
+        idempotency_key=row["idempotency_key"],
+        properties=row["properties"],
     )
     if event_id is None:
         return NotRecorded.DUPLICATE
-    await append_touchpoint(
-        conn,
-        lead_id=event.lead_id,
-        kind=event.type,
-        occurred_at=event.occurred_at,
-        campaign_id=source.campaign_id if source is not None else None,
-        step_id=source.step_id if source is not None else None,
-        delivery_id=source.delivery_id if source is not None else None,
-        detail={"event_id": event_id, **({"url": event.url} if event.url else {})},
-    )
+    await append_touchpoints(conn, [_touchpoint(event, event_id, source)])
     return RecordedEvent(event_id=event_id, lead_id=event.lead_id)
 
 
@@ -129,7 +249,8 @@ async def find_leads_by_email(db: Database, emails: Collection[str]) -> dict[str
 
 
 async def unsubscribe(db: Database, *, lead_id: int, delivery_id: int | None, now: datetime) -> bool:
-    """Suppress a lead for good: end its enrollments, cancel its open deliveries, record the touchpoint.
+    """Suppress a lead for good: end its enrollments, cancel its open deliveries, record the touchpoint, and
+    add its address's hash to `suppressions` (so the address stays unsubscribed if erased and imported again).
 
     `delivery_id` names the email whose link was used; it labels the touchpoint with that campaign and step
     when it is a delivery of this lead, and is ignored otherwise.
@@ -147,6 +268,10 @@ async def unsubscribe(db: Database, *, lead_id: int, delivery_id: int | None, no
         # A lead suppressed for another reason (a bounce) is still recorded as unsubscribed: the person's
         # own request must outlive a mailbox that may start working again.
         await suppress_lead(conn, lead_id, reason=UNSUBSCRIBED, now=now)
+        # The address hash outlives the lead: erased and imported again, the address stays unsubscribed.
+        email = await fetch_lead_email(conn, lead_id)
+        if email is not None:
+            await add_suppression(conn, address_hash(email), reason=UNSUBSCRIBED, now=now)
         source = await fetch_delivery_of_lead(conn, delivery_id, lead_id) if delivery_id is not None else None
         await append_touchpoint(
             conn,

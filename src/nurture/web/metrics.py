@@ -21,7 +21,8 @@ class WebMetrics:
         self.requests = Counter(
             "nurture_tracking_requests",
             "Tracking and API requests by route and outcome "
-            "(ok, duplicate, invalid, rejected, unauthorized, too_large, error).",
+            "(ok, buffered: appended to the event stream, duplicate, unknown_lead, foreign_delivery, "
+            "invalid, rejected, unauthorized, too_large, error).",
             ["route", "outcome"],
             registry=self.registry,
         )

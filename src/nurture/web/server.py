@@ -4,19 +4,32 @@ uvicorn's `Server.serve()` installs its own SIGINT/SIGTERM handlers for as long 
 signal afterwards). In `nurture run` the web shares the process with the scheduler and the worker, so one
 handler must decide when everything stops: the server here never touches signal handlers, and is stopped by
 setting `server.should_exit = True`.
+
+The server runs on uvloop with httptools' parser when they are installed (they are dependencies; uvicorn's
+pure-Python fallbacks cost more CPU per request), answers the GETs and HEADs of pixel and click URLs on a fast
+path (`FastTrackingPaths`), and closes the tracking endpoints' Redis connections once it stopped answering.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+from urllib.parse import quote
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import HTTPProtocolType, LoopFactoryType
 
 from nurture.runtime import Runtime
-from nurture.web.app import create_app
+from nurture.web.app import SECURITY_HEADERS, create_app
+from nurture.web.pages import not_found_page
+from nurture.web.tracking import NO_CACHE, PIXEL_GIF, TrackingEndpoints
 
 STOP_TIMEOUT_S: Final = 10  # in-flight requests get this long to finish once we are told to stop
 
@@ -31,9 +44,27 @@ class WebAddress:
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, endpoints: list[TrackingEndpoints]) -> None:
+        super().__init__(config)
+        self._endpoints = endpoints
+
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            for endpoints in self._endpoints:
+                await endpoints.aclose()
+
+
+def fastest_stack() -> tuple[LoopFactoryType, HTTPProtocolType]:
+    """uvicorn's `loop` and `http` options: uvloop and httptools when installed, else uvicorn's defaults."""
+    loop: LoopFactoryType = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http: HTTPProtocolType = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
 
 
 def build_server(
@@ -44,8 +75,13 @@ def build_server(
     Access logs are off: tracking and unsubscribe URLs carry tokens that act for a lead, and logs carry ids
     only.
     """
+    app = create_app(runtime, on_event=on_event)
+    endpoints = tracking_endpoints(app)
+    loop, http = fastest_stack()
     config = uvicorn.Config(
-        create_app(runtime, on_event=on_event),
+        FastTrackingPaths(app, endpoints[0]) if len(endpoints) == 1 else app,
+        loop=loop,
+        http=http,
         host=address.host,
         port=address.port,
         lifespan="off",
@@ -55,4 +91,77 @@ def build_server(
         server_header=False,
         timeout_graceful_shutdown=STOP_TIMEOUT_S,
     )
-    return _Server(config)
+    return _Server(config, endpoints)
+
+
+def tracking_endpoints(app: Starlette) -> list[TrackingEndpoints]:
+    """The `TrackingEndpoints` whose handlers `app` routes to (they hold connections to close)."""
+    bound = (getattr(getattr(route, "endpoint", None), "__self__", None) for route in app.routes)
+    return list({id(e): e for e in bound if isinstance(e, TrackingEndpoints)}.values())
+
+
+LOCATION_SAFE: Final = ":/%#?=@[]!$&'()*+,;"  # what Starlette's RedirectResponse leaves unquoted
+
+
+class FastTrackingPaths:
+    """The GETs and HEADs of pixel and click URLs, answered without Starlette's routing, middleware and
+    request objects.
+
+    Every email open and link click is one of these, so they are most of the web's load. The answers are the
+    app's own, byte for byte: the same `TrackingEndpoints` records the event and chooses the redirect, and
+    the same headers are set (`SECURITY_HEADERS` where the endpoint set none), and a token that does not
+    verify gets the same 404 page. Anything else goes to `app`.
+    """
+
+    def __init__(self, app: ASGIApp, endpoints: TrackingEndpoints) -> None:
+        self._app = app
+        self._endpoints = endpoints
+        self._pixel_headers = _with_security_headers(
+            Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE).raw_headers
+        )
+        # A redirect's headers but its Location, in Starlette's order: content-length, location, the rest.
+        redirect = _with_security_headers(RedirectResponse("/", status_code=307).raw_headers)
+        self._redirect_head, self._redirect_tail = redirect[:1], redirect[2:]
+        not_found = HTMLResponse(not_found_page(), status_code=404)
+        self._not_found = (_with_security_headers(not_found.raw_headers), bytes(not_found.body))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            kind, token = path[:5], path[5:]
+            if kind in ("/t/o/", "/t/c/") and token and "/" not in token:
+                user_agent = _header(scope, b"user-agent")
+                head = scope["method"] == "HEAD"  # recorded as a machine; uvicorn sends no body
+                if kind == "/t/o/":
+                    if await self._endpoints.record_open(token, user_agent, head=head):
+                        await _answer(send, 200, self._pixel_headers, PIXEL_GIF)
+                        return
+                else:
+                    landing = await self._endpoints.record_click(token, user_agent, head=head)
+                    if landing is not None:
+                        location = (b"location", quote(landing, safe=LOCATION_SAFE).encode("latin-1"))
+                        headers = [*self._redirect_head, location, *self._redirect_tail]
+                        await _answer(send, 307, headers, b"")
+                        return
+                await _answer(send, 404, *self._not_found)  # counted as `invalid` by the endpoints
+                return
+        await self._app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _with_security_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    headers = MutableHeaders(raw=list(raw))
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    return headers.raw
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -8,14 +8,18 @@
 
 A token that does not verify, or is of another kind, is a 404 and records nothing; query parameters are never
 read, so no request can choose where a redirect goes. A valid token is always answered, even when recording
-fails (logged and counted as `error`): a lead's click must reach its page whatever our database does. HEAD
-requests get the same answer and record nothing. Each handler records one event and enqueues (through the
-recorder's `on_event`); nothing else happens inside the request.
+fails (logged and counted as `error`): a lead's click must reach its page whatever our database does. A HEAD
+of a pixel or click URL gets the same answer and is recorded as machine engagement (`head_request`: people's
+mail clients and browsers GET; link checkers and previewers ask HEAD). With Redis configured, recording an
+event is one append to the event stream, stored in batches by the workers; without it, each handler records
+one event and enqueues (through the recorder's `on_event`). Nothing else happens inside the request (see
+`TrackingRecorder`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -31,12 +35,12 @@ from nurture.core.tracking import (
     without_visitor_param,
 )
 from nurture.errors import TrackingTokenError
-from nurture.flows.engage import InboundEvent, NotRecorded
+from nurture.flows.engage import InboundEvent
 from nurture.runtime import Runtime
 from nurture.web.http import BodyError, read_json
 from nurture.web.metrics import WebMetrics
 from nurture.web.pages import not_found_page
-from nurture.web.recorder import EventRecorder
+from nurture.web.recorder import EventRecorder, TrackingRecorder
 from nurture.web.site_js import site_script
 
 log = logging.getLogger(__name__)
@@ -66,28 +70,59 @@ class TrackingEndpoints:
 
     def __init__(self, runtime: Runtime, recorder: EventRecorder, metrics: WebMetrics) -> None:
         self._runtime = runtime
-        self._recorder = recorder
+        self._recorder = TrackingRecorder.for_redis(
+            recorder, runtime.settings.redis_url, rules=runtime.catalog.scoring
+        )
         self._metrics = metrics
         self._key = runtime.mailer.secret_key
         self._script = site_script(f"{runtime.mailer.base_url.rstrip('/')}/t/v")
 
+    async def aclose(self) -> None:
+        """Close the event stream's connections (the server does, once it stopped answering)."""
+        await self._recorder.aclose()
+
     async def open_pixel(self, request: Request) -> Response:
-        link = self._link(request, "o", route="open")
-        if link is None:
+        head = request.method == "HEAD"
+        found = await self.record_open(
+            request.path_params["token"], request.headers.get("user-agent"), head=head
+        )
+        if not found:
             return HTMLResponse(not_found_page(), status_code=404)
-        if request.method == "GET":
-            await self._record(request, "open", link, "email_open")
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
 
     async def click(self, request: Request) -> Response:
-        link = self._link(request, "c", route="click")
-        if link is None:
+        head = request.method == "HEAD"
+        landing = await self.record_click(
+            request.path_params["token"], request.headers.get("user-agent"), head=head
+        )
+        if landing is None:
             return HTMLResponse(not_found_page(), status_code=404)
-        assert link.url is not None  # read_token requires it of a click
-        if request.method == "GET":
-            await self._record(request, "click", link, "email_click", url=link.url)
-        landing = with_visitor_param(link.url, visitor_token(link.lead_id, key=self._key))
         return RedirectResponse(landing, status_code=307)
+
+    async def record_open(self, token: str, user_agent: str | None, *, head: bool = False) -> bool:
+        """Record the open that a GET (or `head`: HEAD) of pixel `token` means; False (nothing recorded) for a
+        bad token."""
+        link = self._read(token, "o")
+        if link is None:
+            self._metrics.request("open", "invalid")
+            return False
+        await self._record(user_agent, "open", link, "email_open", head_request=head)
+        return True
+
+    async def record_click(self, token: str, user_agent: str | None, *, head: bool = False) -> str | None:
+        """Record the click a GET (or `head`: HEAD) of link `token` means, and return where it goes; None for
+        a bad token."""
+        link = self._read(token, "c")
+        if link is None:
+            self._metrics.request("click", "invalid")
+            return None
+        assert link.url is not None  # read_token requires it of a click
+        await self._record(user_agent, "click", link, "email_click", url=link.url, head_request=head)
+        return self._landing(link)
+
+    def _landing(self, link: TrackedLink) -> str:
+        assert link.url is not None
+        return with_visitor_param(link.url, visitor_token(link.lead_id, key=self._key))
 
     async def share_link(self, request: Request) -> Response:
         link = self._link(request, "p", route="share")
@@ -96,7 +131,9 @@ class TrackingEndpoints:
         assert link.url is not None  # read_token requires a URL and a label of a share link
         assert link.label is not None
         if request.method == "GET":
-            await self._record(request, "share", link, f"{link.label}_view", url=link.url)
+            await self._record(
+                request.headers.get("user-agent"), "share", link, f"{link.label}_view", url=link.url
+            )
         # No `nl` here: a shared document may be a presigned URL that any added parameter would break.
         return RedirectResponse(link.url, status_code=307)
 
@@ -126,7 +163,14 @@ class TrackingEndpoints:
             return Response("url: an absolute http(s) URL is required", status_code=400, headers=CORS)
         referrer = body.get("referrer")
         extra = {"referrer": referrer} if isinstance(referrer, str) and is_trackable_url(referrer) else {}
-        await self._record(request, "visit", link, "page_visit", url=without_visitor_param(url), **extra)
+        await self._record(
+            request.headers.get("user-agent"),
+            "visit",
+            link,
+            "page_visit",
+            url=without_visitor_param(url),
+            properties=extra,
+        )
         return Response(status_code=204, headers=CORS)
 
     def _link(self, request: Request, kind: str, *, route: str) -> TrackedLink | None:
@@ -145,15 +189,15 @@ class TrackingEndpoints:
 
     async def _record(
         self,
-        request: Request,
+        user_agent: str | None,
         route: str,
         link: TrackedLink,
         event_type: str,
         *,
         url: str | None = None,
-        **properties: str,
+        head_request: bool = False,
+        properties: Mapping[str, str] | None = None,
     ) -> None:
-        user_agent = request.headers.get("user-agent")
         event = InboundEvent(
             lead_id=link.lead_id,
             type=event_type,
@@ -161,10 +205,11 @@ class TrackingEndpoints:
             url=url,
             user_agent=user_agent[:MAX_USER_AGENT_CHARS] if user_agent else None,
             delivery_id=link.delivery_id,
-            properties=properties,
+            properties=properties or {},
+            head_request=head_request,
         )
         try:
-            [outcome] = await self._recorder.record([event], now=event.occurred_at)
+            outcome = await self._recorder.accept(event)
         except Exception as exc:  # an entry point that always answers: the lead gets its page or pixel
             reason = next(iter(str(exc).splitlines()), "")  # one line: an outage must not flood the log
             log.error(
@@ -177,7 +222,7 @@ class TrackingEndpoints:
             )
             self._metrics.request(route, "error")
             return
-        self._metrics.request(route, outcome.value if isinstance(outcome, NotRecorded) else "ok")
+        self._metrics.request(route, outcome)
 
 
 def tracking_routes(endpoints: TrackingEndpoints) -> list[Route]:

@@ -98,7 +98,8 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
 
 
 async def fetch_engagement_events(conn: AsyncConnection, lead_id: int) -> list[LoggedEvent]:
-    """Every event of a lead, oldest first, with the send time of the email it came from (if any)."""
+    """Every event of a lead, oldest first, with the send time of the email it came from (if any) and the
+    machine flag it was stored with."""
     stmt = (
         select(
             events.c.id,
@@ -123,6 +124,7 @@ async def fetch_engagement_events(conn: AsyncConnection, lead_id: int) -> list[L
                 user_agent=_text(row.properties, "user_agent"),
                 delivery_sent_at=row.sent_at,
                 delivery_id=row.delivery_id,
+                machine_reason=_stored_machine_reason(row.properties),
             ),
             received_at=row.received_at,
         )
@@ -139,6 +141,13 @@ async def fetch_moment_event_ids(conn: AsyncConnection, lead_id: int, *, since: 
     # "moment" is a valid custom event type too: only rescoring's touchpoints name the moment.
     found = (detail.get("event_id") for detail in details if "moment" in detail)
     return {event_id for event_id in found if isinstance(event_id, int)}
+
+
+def _stored_machine_reason(properties: Mapping[str, Any] | None) -> str | None:
+    """Why the event was flagged as machine-made when stored (`machine` is exactly JSON true), or None."""
+    if (properties or {}).get("machine") is not True:
+        return None
+    return _text(properties, "machine_reason") or "flagged when recorded"
 
 
 def _text(properties: Mapping[str, Any] | None, key: str) -> str | None:
