@@ -50,7 +50,11 @@ class RenderedEmail:
 class Renderer(Protocol):
     """Renders one campaign step for one lead (Jinja2 sandbox behind it)."""
 
-    def render_step(self, campaign_id: str, step_id: str, context: Mapping[str, Any]) -> RenderedEmail: ...
+    def render_step(
+        self, campaign_id: str, step_id: str, context: Mapping[str, Any], variant: str | None = None
+    ) -> RenderedEmail:
+        """Render `step_id` for the lead in `context`; `variant` (an A/B variant's id) picks its content."""
+        ...
 
 
 _TRIGGER_TITLES = {"hot": "Hot lead", "mql": "New MQL"}

@@ -1,8 +1,10 @@
 """Render a campaign step for one lead (subject, HTML and text) in a Jinja2 sandbox.
 
 The only module that renders marketing's templates (the web pages have their own, packaged ones). Each
-step's templates are compiled once and cached. `check_templates` runs the same compile-and-render path on
-sample data, so `nurture validate` finds what a real send would trip over, and reports it as `file:line`.
+step's (and variant's) templates are compiled once and cached. `check_templates` runs the same compile-and-
+render path on sample data, so `nurture validate` finds what a real send would trip over, and reports it as
+`file:line`; it also refuses a marketing email without a visible unsubscribe link and the sender's postal
+address in both its HTML and its text part. Templates run in `nurture.sandbox`, with limits on work and size.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from typing import Any, Final
 import css_inline
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, nodes
+from jinja2 import Environment, FileSystemLoader, Template, meta, nodes
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from nurture.core.campaign import Campaign, Step
+from nurture.core.campaign import Campaign, Step, Variant
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, template_context
 from nurture.errors import CampaignError, TemplateError
 from nurture.ports import RenderedEmail
+from nurture.sandbox import LimitedSandbox, render_limited
 
 CONTEXT_NAMES: Final = frozenset({"lead", "owner", "campaign", "step", "unsubscribe_url", "postal_address"})
 SAMPLE_UNSUBSCRIBE_URL: Final = "https://nurture.example/u/sample-token"
@@ -34,7 +36,15 @@ SAMPLE_POSTAL_ADDRESS: Final = "Example Inc., 1 Sample Street, Sample City"
 # control characters, which have no business in a Subject header either.
 _LINE_BREAKS: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # Errors that template code can raise while rendering; anything else is a bug in nurture, not in a template.
-_RENDER_ERRORS: Final = (JinjaTemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+# RecursionError: a macro that calls itself.
+_RENDER_ERRORS: Final = (
+    JinjaTemplateError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,21 +78,28 @@ class TemplateRenderer:
         # Remote stylesheets are dropped, never fetched: rendering does no network I/O.
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
         self._text_config = ParserConfig(display_links=True)
-        self._compiled: dict[tuple[str, str], _Compiled] = {}
+        self._compiled: dict[tuple[str, str, str | None], _Compiled] = {}
 
-    def render_step(self, campaign_id: str, step_id: str, context: Mapping[str, Any]) -> RenderedEmail:
-        """Render one step with `context` (built by `core.context.template_context`).
+    def render_step(
+        self, campaign_id: str, step_id: str, context: Mapping[str, Any], variant: str | None = None
+    ) -> RenderedEmail:
+        """Render one step with `context` (built by `core.context.template_context`); a `variant` (its id)
+        overrides the step's subject and templates with its own.
 
         Raises:
             TemplateError: a template is missing, does not compile or fails on this context.
-            CampaignError: the campaign or the step is not in the catalog.
+            CampaignError: the campaign, the step or the variant is not in the catalog.
         """
         campaign = self._campaigns.get(campaign_id)
         step = campaign.step(step_id) if campaign else None
         if campaign is None or step is None:
             source = campaign.source if campaign else "<catalog>"
             raise CampaignError(f"no step {step_id!r} in campaign {campaign_id!r}", source=source)
-        compiled = self._compile(campaign, step)
+        chosen = next((v for v in step.variants if v.id == variant), None)
+        if variant is not None and chosen is None:
+            message = f"no variant {variant!r} in step {step_id!r} of campaign {campaign_id!r}"
+            raise CampaignError(message, source=campaign.source)
+        compiled = self._compile(campaign, step, chosen)
         subject_part, html_part, text_part = compiled.parts
         subject = _render(compiled.subject, context, subject_part.where)
         html = _render(compiled.html, context, html_part.where)
@@ -95,9 +112,10 @@ class TemplateRenderer:
         )
 
     def check_templates(self, campaign: Campaign) -> list[TemplateError]:
-        """Return every problem in the campaign's subjects and templates, found by rendering sample data."""
+        """Return every problem in the campaign's subjects and templates (every variant's too, and a task
+        step's title), found by rendering sample data."""
         errors: list[TemplateError] = []
-        for step in campaign.steps:
+        for index, step in enumerate(campaign.steps):
             context = template_context(
                 SAMPLE_LEAD,
                 owner=SAMPLE_REP,
@@ -106,14 +124,45 @@ class TemplateRenderer:
                 unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL,
                 postal_address=campaign.sender.postal_address or SAMPLE_POSTAL_ADDRESS,
             )
-            for part in filter(None, self._parts(campaign, step)):
-                try:
-                    self._check_part(part, context)
-                except TemplateError as exc:
-                    errors.append(exc)
+            if step.task is not None:  # a rep task sends no email: only its title is a template
+                where = _Where(
+                    campaign.source, campaign.line_of("steps", index, "task"), f"step {step.id} task: "
+                )
+                errors += self._check_email(
+                    (_Part(self._text_env, None, step.task.title, where), None, None), context
+                )
+                continue
+            for variant in (None, *step.variants):
+                errors += self._check_email(self._parts(campaign, step, variant), context)
         return errors
 
-    def _check_part(self, part: _Part, context: Mapping[str, Any]) -> None:
+    def _check_email(
+        self, parts: tuple[_Part, _Part | None, _Part | None], context: Mapping[str, Any]
+    ) -> list[TemplateError]:
+        rendered: list[str | None] = []
+        errors: list[TemplateError] = []
+        for part in parts:
+            try:
+                rendered.append(self._check_part(part, context) if part else None)
+            except TemplateError as exc:
+                errors.append(exc)
+                rendered.append(None)
+        _, html, text = rendered
+        html_part = parts[1]
+        if html is not None and html_part is not None and (text is not None or parts[2] is None):
+            postal = str(context["postal_address"])
+            problem = _missing_opt_out(html, self._html_to_text(html), text, postal=postal)
+            if problem:
+                errors.append(
+                    TemplateError(
+                        f"{html_part.where.prefix}{problem}",
+                        source=html_part.where.source,
+                        line=html_part.where.line,
+                    )
+                )
+        return errors
+
+    def _check_part(self, part: _Part, context: Mapping[str, Any]) -> str:
         template = self._load(part)
         unknown = self._unknown_names(part)
         if unknown:
@@ -122,28 +171,41 @@ class TemplateRenderer:
         if part.env is self._html_env:
             self._inline_css(rendered, part.where)
             self._html_to_text(rendered)
+        return rendered
 
-    def _parts(self, campaign: Campaign, step: Step) -> tuple[_Part, _Part, _Part | None]:
-        """The subject, the HTML and the text template of a step, each with where its errors point."""
+    def _parts(
+        self, campaign: Campaign, step: Step, variant: Variant | None = None
+    ) -> tuple[_Part, _Part, _Part | None]:
+        """The subject, the HTML and the text template of a step (or of one of its variants), each with where
+        its errors point."""
         index = campaign.steps.index(step)
+        path: tuple[str | int, ...] = ("steps", index)
+        label = f"step {step.id}"
+        subject, template, text_template = step.subject, step.template, step.text_template
+        if variant is not None:
+            path += ("variants", step.variants.index(variant))
+            label += f" variant {variant.id}"
+            subject = variant.subject if variant.subject is not None else subject
+            if variant.template is not None:  # a text part written for the step's HTML would not fit
+                template, text_template = variant.template, variant.text_template
+            elif variant.text_template is not None:
+                text_template = variant.text_template
 
         def where(key: str, prefix: str) -> _Where:
-            return _Where(campaign.source, campaign.line_of("steps", index, key), prefix)
+            return _Where(campaign.source, campaign.line_of(*path, key) or campaign.line_of(*path), prefix)
 
-        subject = _Part(self._text_env, None, step.subject, where("subject", f"step {step.id} subject: "))
-        html = _Part(self._html_env, step.template, None, where("template", f"step {step.id}: "))
+        subject_part = _Part(self._text_env, None, subject, where("subject", f"{label} subject: "))
+        html = _Part(self._html_env, template, None, where("template", f"{label}: "))
         text = None
-        if step.text_template is not None:
-            text = _Part(
-                self._text_env, step.text_template, None, where("text_template", f"step {step.id}: ")
-            )
-        return subject, html, text
+        if text_template is not None:
+            text = _Part(self._text_env, text_template, None, where("text_template", f"{label}: "))
+        return subject_part, html, text
 
-    def _compile(self, campaign: Campaign, step: Step) -> _Compiled:
-        key = (campaign.id, step.id)
+    def _compile(self, campaign: Campaign, step: Step, variant: Variant | None = None) -> _Compiled:
+        key = (campaign.id, step.id, variant.id if variant else None)
         compiled = self._compiled.get(key)
         if compiled is None:
-            parts = self._parts(campaign, step)
+            parts = self._parts(campaign, step, variant)
             text = self._load(parts[2]) if parts[2] else None
             compiled = _Compiled(self._load(parts[0]), self._load(parts[1]), text, parts)
             if self._campaigns.get(campaign.id) is campaign:  # never cache a campaign we were not built with
@@ -217,14 +279,24 @@ def one_line(text: str) -> str:
     return _LINE_BREAKS.sub(" ", text).strip()
 
 
-def _environment(loader: FileSystemLoader, *, autoescape: bool) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
-        loader=loader,
-        autoescape=autoescape,
-        undefined=StrictUndefined,  # a typo such as `lead.frist_name` fails instead of printing nothing
-        finalize=_blank_none,
-        auto_reload=False,  # templates are read once per process; no stat() per render
-    )
+def _environment(loader: FileSystemLoader, *, autoescape: bool) -> LimitedSandbox:
+    return LimitedSandbox(loader, autoescape=autoescape, finalize=_blank_none)
+
+
+def _missing_opt_out(html: str, html_text: str, text: str | None, *, postal: str) -> str | None:
+    """What a marketing email lacks of the law's minimum: an unsubscribe link and the sender's postal
+    address, visible in the HTML part and in the text part (given, or derived from the HTML); None if all."""
+    link = re.compile(r"<a\b[^>]*\bhref\s*=\s*[\"']?" + re.escape(SAMPLE_UNSUBSCRIBE_URL), re.IGNORECASE)
+    if not link.search(html):
+        return 'the HTML part has no unsubscribe link (<a href="{{ unsubscribe_url }}">)'
+    if postal not in html_text:
+        return "the HTML part does not show the sender's postal address ({{ postal_address }})"
+    text = html_text if text is None else text
+    if SAMPLE_UNSUBSCRIBE_URL not in text:
+        return "the text part has no unsubscribe link ({{ unsubscribe_url }})"
+    if postal not in text:
+        return "the text part does not show the sender's postal address ({{ postal_address }})"
+    return None
 
 
 def _blank_none(value: Any) -> Any:
@@ -234,7 +306,7 @@ def _blank_none(value: Any) -> Any:
 
 def _render(template: Template, context: Mapping[str, Any], where: _Where) -> str:
     try:
-        return template.render(context)
+        return render_limited(template, context)
     except _RENDER_ERRORS as exc:
         raise _translate(exc, where) from exc
 

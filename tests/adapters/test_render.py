@@ -33,6 +33,7 @@ p {{ color: red }}
 <body>
 {body}
 <a href="{{{{ unsubscribe_url }}}}">Unsubscribe</a>
+<p>{{{{ postal_address }}}}</p>
 </body></html>
 """
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import apprise
 
+from nurture.alerts.chat import defuse_lead_data
 from nurture.errors import AlertDeliveryError, ConfigError
 from nurture.ports import AlertMessage
 
@@ -65,8 +66,9 @@ class AppriseAlertSink:
         if len(notifier) == 0:
             return
         try:
+            chat = defuse_lead_data(alert)  # chats render markup and mentions that lead data may carry
             result = await notifier.async_notify(
-                body=alert.text(), title=alert.title(), body_format=apprise.NotifyFormat.TEXT
+                body=chat.text(), title=chat.title(), body_format=apprise.NotifyFormat.TEXT
             )
         except Exception as exc:  # a plugin bug must not escape as anything but a failed delivery
             raise AlertDeliveryError(f"notification URLs: {type(exc).__name__}: {exc}") from exc

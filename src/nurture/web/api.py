@@ -8,15 +8,22 @@ Answers are JSON. 401 without a valid, unrevoked key; 400 for a body that is not
 array; 413 for a body over the limit. Bad items are rejected one by one with the field and the reason while
 the good ones go in.
 
-Events: an `id` (or, for a single event, the `Idempotency-Key` header) makes a replay count once; a replay is
-answered 200 `{"duplicate": true}` and enqueues nothing. A single new event is answered 202 with its id, a
-single bad one 422. An array is answered 200 with what became of each item.
+Events: an `id` (or, for a single event, the `Idempotency-Key` header) makes a replay count once (one that
+starts with `stream:`, the tracking events' own, is refused: 400, or rejected in an array); a replay is
+answered 200 `{"duplicate": true}` and enqueues nothing. The same `Idempotency-Key` with another body is a 409
+(the hash of the first body is kept in `events.idempotency_hash`). A single new event is answered 202 with its
+id, a single bad one 422. An array is answered 200 with what became of each item.
+
+Every request passes `ApiGate` first: 429 with `Retry-After` once its key is over the rate limit
+(NURTURE_API_RATE_PER_S, NURTURE_API_BURST).
 
 Leads: 200 with the counts and the rejected items; 422 when every item was rejected.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final
@@ -26,11 +33,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nurture.core.lead import normalise_email
+from nurture.core.token_bucket import BucketLimit
+from nurture.db.queries.idempotency import fetch_request_hash, remember_request_hash
 from nurture.errors import DatabaseUnavailableError
+from nurture.event_stream import KEY_PREFIX
 from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, find_leads_by_email
 from nurture.flows.ingest import import_leads
 from nurture.runtime import Runtime
-from nurture.web.auth import authenticate
+from nurture.web.auth import ApiGate, RateLimiter, Refusal
 from nurture.web.http import BodyError, json_error, read_json
 from nurture.web.metrics import WebMetrics
 from nurture.web.payloads import EventPayload, Rejected, lead_row, parse_event, split_reason
@@ -39,7 +49,8 @@ from nurture.web.recorder import EventRecorder
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 MAX_LEADS: Final = 10_000
 MAX_EVENTS: Final = 1_000
-UNAUTHORIZED: Final = {"WWW-Authenticate": 'Bearer realm="nurture"'}
+# The event stream keys tracking events `stream:<entry id>`: a client key of that form could shadow one.
+RESERVED_KEY: Final = f"event ids and Idempotency-Keys may not start with {KEY_PREFIX!r} (reserved)"
 
 Body = dict[str, Any] | list[Any]
 Handler = Callable[[Request, Body], Awaitable[Response]]
@@ -50,6 +61,7 @@ class ApiEndpoints:
         self._runtime = runtime
         self._recorder = recorder
         self._metrics = metrics
+        self._gate = api_gate(runtime)
 
     async def leads(self, request: Request) -> Response:
         return await self._guarded(request, "api_leads", MAX_LEADS, self._upsert_leads)
@@ -60,9 +72,10 @@ class ApiEndpoints:
     async def _guarded(self, request: Request, route: str, max_items: int, handle: Handler) -> Response:
         """Authenticate, read the body as one item or an array of them, and hand it to `handle`."""
         try:
-            if await authenticate(self._runtime.db, request.headers.get("authorization")) is None:
-                self._metrics.request(route, "unauthorized")
-                return json_error(401, "a valid API key is required", headers=UNAUTHORIZED)
+            admitted = await self._gate.admit(request.headers.get("authorization"))
+            if isinstance(admitted, Refusal):
+                self._metrics.request(route, "unauthorized" if admitted.status_code == 401 else "limited")
+                return json_error(admitted.status_code, admitted.message, headers=admitted.headers)
             body = await read_json(request, max_bytes=MAX_BODY_BYTES)
             if not isinstance(body, dict | list):
                 raise BodyError(400, "the body is a JSON object or an array of objects")
@@ -108,9 +121,10 @@ class ApiEndpoints:
         items = body if isinstance(body, list) else [_with_idempotency_key(body, request)]
         if isinstance(body, list) and "idempotency-key" in request.headers:
             raise BodyError(400, "Idempotency-Key is for a single event; give each event of an array an id")
-        parsed = [parse_event(item, index=i, now=now) for i, item in enumerate(items)]
+        parsed = [_unreserved(parse_event(item, index=i, now=now), i) for i, item in enumerate(items)]
         events, rejected = await self._resolve(parsed, now)
-        outcomes = await self._recorder.record([e for _, e in events], now=now) if events else []
+        rules = self._runtime.catalog.scoring
+        outcomes = await self._recorder.record([e for _, e in events], now=now, rules=rules) if events else []
         results: list[dict[str, Any]] = []
         for (index, event), outcome in zip(events, outcomes, strict=True):
             if outcome is NotRecorded.UNKNOWN_LEAD:
@@ -125,9 +139,29 @@ class ApiEndpoints:
         if rejected:
             return json_error(422, rejected[0].reason, field=rejected[0].field)
         [result] = results
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            conflict = await self._same_request(
+                key.strip(), _request_hash(body), first=not result.get("duplicate")
+            )
+            if conflict:
+                return json_error(409, "this Idempotency-Key was already used with another body")
         if result.get("duplicate"):
             return JSONResponse({"duplicate": True, "lead_id": result["lead_id"]})
         return JSONResponse({**result, "duplicate": False}, status_code=202)
+
+    async def _same_request(self, key: str, request_hash: str, *, first: bool) -> bool:
+        """Keep the hash of the body that first used `key`; True when a replay's body differs from it.
+
+        The hash is written just after the event, so a replay racing the first request may find none yet;
+        it is then answered as a replay, which is what it most likely is.
+        """
+        async with self._runtime.db.transaction() as conn:
+            if first:
+                await remember_request_hash(conn, key, request_hash)
+                return False
+            stored = await fetch_request_hash(conn, key)
+        return stored is not None and stored != request_hash
 
     async def _resolve(
         self, parsed: list[EventPayload | Rejected], now: datetime
@@ -157,12 +191,34 @@ class ApiEndpoints:
 def _with_idempotency_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
     """A single event with the request's `Idempotency-Key` as its id (which it must agree with)."""
     key = request.headers.get("idempotency-key")
+    for given in (key, body.get("id")):
+        if isinstance(given, str) and given.strip().startswith(KEY_PREFIX):
+            raise BodyError(400, RESERVED_KEY)
     if key is None:
         return body
     key = key.strip()
     if not 0 < len(key) <= 200 or not key.isprintable() or body.get("id", key) != key:
         raise BodyError(400, "Idempotency-Key must be 1-200 characters and agree with the event's id")
     return {**body, "id": key}
+
+
+def _unreserved(parsed: EventPayload | Rejected, index: int) -> EventPayload | Rejected:
+    """The event, or its rejection when its id could be taken for a tracking event's (`KEY_PREFIX`)."""
+    if isinstance(parsed, EventPayload) and parsed.id is not None and parsed.id.startswith(KEY_PREFIX):
+        return Rejected(index, "id", RESERVED_KEY)
+    return parsed
+
+
+def api_gate(runtime: Runtime) -> ApiGate:
+    """The key check and per-key rate limit of the API's endpoints, sized by the runtime's settings."""
+    limit = BucketLimit(rate=runtime.settings.api_rate_per_s, burst=runtime.settings.api_burst)
+    return ApiGate(runtime.db, RateLimiter(limit, runtime.clock))
+
+
+def _request_hash(body: Body) -> str:
+    """SHA-256 of the body as canonical JSON: the same event spelt with other spacing or order is equal."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _inbound(payload: EventPayload, lead_id: int, now: datetime) -> InboundEvent:

@@ -2,7 +2,8 @@
 
 The prefix (8 hex digits) finds the row without a scan and names the key in `nurture apikey list`; the secret
 (32 random bytes) is what makes it a key. A request authenticates with `Authorization: Bearer <key>`; the
-SHA-256 of what it presents is compared with the stored one in constant time.
+SHA-256 of what it presents is compared with the stored one in constant time. `ApiGate` then applies the
+key's rate limit (429 with `Retry-After`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from nurture.clock import Clock
+from nurture.core.token_bucket import Bucket, BucketLimit, full_bucket, retry_after_header, take
 from nurture.db.engine import Database
 from nurture.db.queries.apikeys import (
     StoredApiKey,
@@ -85,3 +88,49 @@ async def authenticate(db: Database, authorization: str | None) -> StoredApiKey 
     if stored is None or not hmac.compare_digest(hash_api_key(key.strip()), stored.key_hash):
         return None
     return stored
+
+
+class RateLimiter:
+    """Per-key token buckets in this process's memory (`core.token_bucket`); a restart refills them.
+
+    Each web process limits on its own, so N processes allow N times the rate: size the settings per process.
+    """
+
+    def __init__(self, limit: BucketLimit, clock: Clock, *, max_keys: int = 10_000) -> None:
+        self._limit, self._clock, self._max_keys = limit, clock, max_keys
+        self._buckets: dict[str, Bucket] = {}
+
+    def take(self, key_prefix: str) -> float | None:
+        """Take one request for `key_prefix`; None if allowed, else the seconds to wait."""
+        now = self._clock.now().timestamp()
+        bucket = self._buckets.get(key_prefix) or full_bucket(self._limit, now)
+        decision = take(bucket, self._limit, now)
+        if len(self._buckets) >= self._max_keys and key_prefix not in self._buckets:
+            self._buckets.clear()  # only revoked-and-reissued keys pile up; forgetting them refills them
+        self._buckets[key_prefix] = decision.bucket
+        return None if decision.allowed else decision.retry_after
+
+
+class ApiGate:
+    """What every `/api/*` request passes first: a valid, unrevoked key, then its rate limit."""
+
+    def __init__(self, db: Database, limiter: RateLimiter) -> None:
+        self._db, self._limiter = db, limiter
+
+    async def admit(self, authorization: str | None) -> StoredApiKey | Refusal:
+        stored = await authenticate(self._db, authorization)
+        if stored is None:
+            return Refusal(401, "a valid API key is required", {"WWW-Authenticate": 'Bearer realm="nurture"'})
+        wait = self._limiter.take(stored.prefix)
+        if wait is not None:
+            return Refusal(
+                429, "too many requests for this API key", {"Retry-After": retry_after_header(wait)}
+            )
+        return stored
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status_code: int
+    message: str
+    headers: dict[str, str]
