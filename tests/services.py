@@ -30,6 +30,10 @@ TABLES = (
     "scheduler_leases",
     "catalog_state",
     "api_keys",
+    "suppressions",
+    "send_domains",
+    "domain_send_windows",
+    "campaign_versions",
 )
 
 

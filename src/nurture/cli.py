@@ -32,6 +32,7 @@ from nurture.flows.engage import find_leads_by_email
 from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
 from nurture.flows.explain import LeadExplanation, explain_lead, find_lead, scored_event_data
 from nurture.flows.ingest import ImportReport, import_leads
+from nurture.flows.versions import ChangeWarning, warn_enrolled_changes
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
 from nurture.service import run_forever, run_tick
@@ -68,7 +69,7 @@ def _reported() -> Iterator[None]:
         yield
     except ConfigErrors as exc:
         for error in exc.errors:
-            err.print(str(error), markup=False, highlight=False)
+            err.print(str(error), markup=False, highlight=False, emoji=False)  # "x.yaml:100:" is no emoji
         err.print(f"error: {len(exc.errors)} problem(s) found", markup=False)
         raise typer.Exit(1) from None
     except NurtureError as exc:
@@ -142,6 +143,7 @@ def tick(
             "enrolled": result.enrolled,
             "dispatched": result.claimed,
             "unknown": result.unknown,
+            "skipped_late": result.skipped_late,  # touches later than their campaign's skip_late_after
             "drained": drain,
         }
         _print_data(
@@ -149,7 +151,7 @@ def tick(
             fmt,
             lambda: (
                 f"tick at {summary['at']}: enrolled {result.enrolled}, "
-                f"dispatched {result.claimed}, unknown {result.unknown}"
+                f"dispatched {result.claimed}, unknown {result.unknown}, skipped late {result.skipped_late}"
             ),
         )
 
@@ -198,6 +200,24 @@ def validate(
             f"ok: {len(catalog.campaigns)} campaign(s), {steps} step(s), {len(catalog.reps)} rep(s), "
             f"scoring from {catalog.scoring.source}"
         )
+        for line in _enrolled_change_lines(settings, catalog):
+            typer.echo(line)
+
+
+def _enrolled_change_lines(settings: Settings, catalog: Catalog) -> list[str]:
+    """What the campaign files would do to leads already enrolled, or one line saying it cannot be told."""
+    embedded_file = settings.data_dir / "nurture.db"
+    if settings.database_url is None and not embedded_file.exists():
+        return ["note: no database, so what these changes do to enrolled leads cannot be told"]
+
+    async def warn(db: Database) -> list[ChangeWarning]:
+        return await warn_enrolled_changes(db, catalog)
+
+    try:
+        warnings = asyncio.run(_on_database(settings, warn))
+    except NurtureError as exc:
+        return [f"note: {exc}; what these changes do to enrolled leads cannot be told"]
+    return [f"warning: {w}" for w in warnings]
 
 
 @leads_app.command("import")

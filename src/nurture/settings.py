@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nurture.core.ratelimit import parse_rate_limits
 from nurture.errors import ConfigError
 
 
@@ -46,10 +47,27 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- sending like a good citizen and fast (send path) ---
+    lead_daily_cap: int = Field(default=2, ge=0)  # emails per lead in any 24 h, all campaigns; 0: no cap
+    lead_weekly_cap: int = Field(default=6, ge=0)  # emails per lead in any 7 days, all campaigns; 0: no cap
+    domain_backoff_s: int = Field(default=60, gt=0)  # first pause of a domain that answered 421/451
+    domain_backoff_max_s: int = Field(default=3600, gt=0)  # the pause doubles per failure up to this
+    send_batch_size: int = Field(default=50, gt=0, le=1000)  # deliveries per broker message
 
     # --- scheduling and per-domain rate limits (schedule path) ---
+    # Claims per recipient domain and window, e.g. "gmail.com=600/h, outlook.com=300/h, *=0" (0: no cap).
+    domain_rate_limits: str = ""
+
+    @field_validator("domain_rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        parse_rate_limits(value)  # a bad rule fails at start-up, named in the message
+        return value
 
     # --- the HTTP API and tracking web ---
+    api_rate_per_s: float = Field(default=20.0, gt=0)  # sustained /api requests per second, per API key
+    api_burst: int = Field(default=200, gt=0)  # requests a key may make at once before the rate applies
+    # a tracking event read from the Redis stream and not stored this long is taken over by another worker
+    event_claim_idle_s: float = Field(default=30.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

@@ -131,7 +131,8 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
-    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    # No foreign key (migration 0007): the enrollment's cascade already removes a lead's deliveries.
+    lead_id: Mapped[int] = mapped_column(BigId)
     campaign_id: Mapped[str] = mapped_column(String(100))
     step_id: Mapped[str] = mapped_column(String(100))
     step_index: Mapped[int] = mapped_column(Integer)
@@ -181,7 +182,17 @@ class Touchpoint(Base):
     message_id: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    __table_args__ = (Index("ix_touchpoints_lead_time", "lead_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_touchpoints_lead_time", "lead_id", "occurred_at"),
+        # The funnel report reads every stage change: a few per cent of the timeline.
+        Index(
+            "ix_touchpoints_stage_changes",
+            "lead_id",
+            "occurred_at",
+            postgresql_where=text("kind = 'stage_change'"),
+            sqlite_where=text("kind = 'stage_change'"),
+        ),
+    )
 
 
 class Event(Base):
@@ -246,7 +257,7 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
-    trigger: Mapped[str] = mapped_column(String(40))  # mql | hot | moment:<name>
+    trigger: Mapped[str] = mapped_column(String(80))  # mql | hot | moment:<name> | task:<step id>
     reason: Mapped[str] = mapped_column(Text)
     score_before: Mapped[int] = mapped_column(Integer)
     score_after: Mapped[int] = mapped_column(Integer)
@@ -280,6 +291,18 @@ class Suppression(Base):
     created_at: Mapped[datetime]
 
 
+class CampaignVersion(Base):
+    """The text of each version of a campaign file that leads were enrolled on (`enrollments.campaign_hash`),
+    kept so that a later edit can be compared with what enrolled leads started."""
+
+    __tablename__ = "campaign_versions"
+
+    campaign_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class SendDomain(Base):
     """Backoff state of one recipient domain: after a 421/451 from its servers, nothing goes to the domain
     until `paused_until`, while other domains carry on."""
@@ -291,3 +314,14 @@ class SendDomain(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+class DomainSendWindow(Base):
+    """Per-recipient-domain rate limits: how many deliveries to `domain` were claimed in the window that
+    starts at `window_start` (the scheduler locks the row while it claims, so caps hold across schedulers)."""
+
+    __tablename__ = "domain_send_windows"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime]
+    claimed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
