@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install run demo test test-fast lint bench
+.PHONY: install run demo test test-fast lint bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,25 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# Every figure of bench/README.md (about 15 minutes; run it on an otherwise idle machine).
+bench: install
+	$(BIN)/python bench/import_leads.py --rows 100000 --runs 3
+	$(BIN)/python bench/enroll.py --leads 100000 --runs 3
+	$(BIN)/python bench/tick_cost.py --redis
+	$(BIN)/python bench/send_throughput.py --leads 5000 --runs 3 --threads 4
+	$(BIN)/python bench/alert_latency.py --via beacon --events 1000 --runs 3
+	$(BIN)/python bench/tracking_rps.py --runs 3
+	$(BIN)/python bench/dashboard.py --leads 100000 --runs 3
+	$(BIN)/python bench/token_timing.py
+
+# The same scripts at toy sizes, so they never rot (CI runs this; no figure is asserted).
+bench-smoke: install
+	$(BIN)/python bench/import_leads.py --smoke
+	$(BIN)/python bench/enroll.py --smoke
+	$(BIN)/python bench/tick_cost.py --smoke
+	$(BIN)/python bench/send_throughput.py --smoke
+	$(BIN)/python bench/alert_latency.py --via beacon --events 20 --runs 1 --warmup 2
+	$(BIN)/python bench/tracking_rps.py --smoke
+	$(BIN)/python bench/dashboard.py --leads 500 --runs 1
+	$(BIN)/python bench/token_timing.py --smoke
