@@ -4,14 +4,18 @@ paused domains, late touches, and set-based enrollment."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
 from nurture.core.ratelimit import parse_rate_limits
+from nurture.core.schedule import plan_deliveries
 from nurture.db.engine import Database
 from nurture.db.queries.claims import claim_due_deliveries
 from nurture.db.queries.tables import deliveries, enrollments, leads, touchpoints
@@ -204,3 +208,35 @@ async def test_a_restarted_scheduler_catches_up_once_within_the_caps(db: Databas
     )
     assert await _domains_of(db, later.claimed) == {"gmail.com": 4}
     assert not set(later.claimed) & set(first.claimed)
+
+
+def _skipping_holidays(catalog: Catalog) -> Catalog:
+    changed = {
+        cid: dataclasses.replace(c, send_window=dataclasses.replace(c.send_window, skip_holidays=True))
+        for cid, c in catalog.campaigns.items()
+    }
+    return dataclasses.replace(catalog, campaigns=MappingProxyType(changed))
+
+
+async def test_a_campaign_that_skips_holidays_plans_no_touch_on_a_public_holiday_of_the_leads_country(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a Taiwanese lead enrolled on Tuesday 30 December: day 2 of the plan is New Year's Day
+    tuesday = datetime(2025, 12, 30, 2, 0, tzinfo=UTC)
+    taipei = ZoneInfo("Asia/Taipei")
+    lead = {"email": "tw@example.com", "grade": "nurturable", "timezone": "Asia/Taipei", "country": "TW"}
+    await import_leads(db, [lead, {**lead, "email": "tw2@example.com"}], now=tuesday)
+    holidays_on = _skipping_holidays(catalog)
+    assert await enroll(db, holidays_on, tuesday) == 2
+    rows = await _rows(db, select(deliveries.c.step_id, deliveries.c.due_at))
+    local_days = {r["due_at"].astimezone(taipei).date() for r in rows}
+    holidays = holidays_on.days_off(holidays_on.campaigns["saas-nurture"], "TW")
+    # Then nothing is planned on a holiday, though the same plan without the rule has a touch on one
+    assert not any(day in holidays for day in local_days)
+    plain = plan_deliveries(
+        catalog.campaigns["saas-nurture"].steps,
+        enrolled_at=tuesday,
+        window=catalog.campaigns["saas-nurture"].send_window,
+        tz=taipei,
+    )
+    assert any(p.due_at.astimezone(taipei).date() in holidays for p in plain)

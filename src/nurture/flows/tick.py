@@ -21,7 +21,7 @@ from nurture.core.campaign import Campaign
 from nurture.core.lead import Lead
 from nurture.core.lifecycle import choose_campaign
 from nurture.core.ratelimit import RateLimits, recipient_domain
-from nurture.core.schedule import PlannedDelivery, lead_zone, plan_deliveries
+from nurture.core.schedule import DaysOff, PlannedDelivery, lead_zone, plan_deliveries
 from nurture.db.engine import Database
 from nurture.db.queries.claims import claim_due_deliveries, mark_stale_sending_unknown, skip_late_deliveries
 from nurture.db.queries.enrollment import (
@@ -61,7 +61,7 @@ async def enroll(db: Database, catalog: Catalog, now: datetime, *, batch_size: i
     lanes = 1 if db.is_sqlite else ENROLL_LANES
     async with asyncio.TaskGroup() as group:  # a failing lane stops the other
         tasks = [
-            group.create_task(_enroll_lane(db, campaigns, now, batch_size, Lane(k, lanes)))
+            group.create_task(_enroll_lane(db, catalog, now, batch_size, Lane(k, lanes)))
             for k in range(lanes)
         ]
     enrolled = sum(task.result() for task in tasks)
@@ -70,9 +70,8 @@ async def enroll(db: Database, catalog: Catalog, now: datetime, *, batch_size: i
     return enrolled
 
 
-async def _enroll_lane(
-    db: Database, campaigns: Sequence[Campaign], now: datetime, batch_size: int, lane: Lane
-) -> int:
+async def _enroll_lane(db: Database, catalog: Catalog, now: datetime, batch_size: int, lane: Lane) -> int:
+    campaigns = catalog.ordered()
     enrolled = 0
     while True:
         async with db.transaction() as conn:
@@ -86,24 +85,26 @@ async def _enroll_lane(
                 if not history[lead.id].has_active
                 and (campaign := choose_campaign(lead, campaigns, history[lead.id].taken)) is not None
             }
-            enrolled += await _insert_enrollments(conn, chosen, now)
+            enrolled += await _insert_enrollments(conn, catalog, chosen, now)
             await clear_enroll_pending(conn, [lead.id for lead in candidates])
 
 
 async def _insert_enrollments(
-    conn: AsyncConnection, chosen: dict[int, tuple[Lead, Campaign]], now: datetime
+    conn: AsyncConnection, catalog: Catalog, chosen: dict[int, tuple[Lead, Campaign]], now: datetime
 ) -> int:
     new = [NewEnrollment(lead.id, c.id, c.content_hash) for lead, c in chosen.values()]
     enrollment_ids = await insert_enrollments(conn, new, now=now)
-    # Every lead of a campaign in one zone, enrolled at one instant, gets the same plan: compute it once.
-    plans: dict[tuple[str, str], tuple[PlannedDelivery, ...]] = {}
+    # Every lead of a campaign in one zone (and one country, where its holidays count), enrolled at one
+    # instant, gets the same plan: compute it once.
+    plans: dict[tuple[str, str, str | None], tuple[PlannedDelivery, ...]] = {}
     planned: list[NewDelivery] = []
     for lead_id, enrollment_id in enrollment_ids.items():
         lead, campaign = chosen[lead_id]
         tz = lead_zone(lead.timezone, campaign.send_window)
-        key = (campaign.id, tz.key)
+        country = lead.country if campaign.send_window.skip_holidays else None
+        key = (campaign.id, tz.key, country)
         if key not in plans:
-            plans[key] = _plan(campaign, now, tz)
+            plans[key] = _plan(campaign, now, tz, catalog.days_off(campaign, country))
         domain = recipient_domain(lead.email)
         planned.extend(
             NewDelivery(enrollment_id, lead_id, campaign.id, p.step_id, p.step_index, p.due_at, domain)
@@ -116,8 +117,10 @@ async def _insert_enrollments(
     return len(enrollment_ids)
 
 
-def _plan(campaign: Campaign, now: datetime, tz: ZoneInfo) -> tuple[PlannedDelivery, ...]:
-    return plan_deliveries(campaign.steps, enrolled_at=now, window=campaign.send_window, tz=tz)
+def _plan(campaign: Campaign, now: datetime, tz: ZoneInfo, days_off: DaysOff) -> tuple[PlannedDelivery, ...]:
+    return plan_deliveries(
+        campaign.steps, enrolled_at=now, window=campaign.send_window, tz=tz, days_off=days_off
+    )
 
 
 async def dispatch(
