@@ -31,14 +31,15 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Every figure of bench/README.md (about 15 minutes; run it on an otherwise idle machine).
+# Every figure of bench/README.md (about 15 minutes on 2 idle cores; no other load while it runs).
 bench: install
 	$(BIN)/python bench/import_leads.py --rows 100000 --runs 3
 	$(BIN)/python bench/enroll.py --leads 100000 --runs 3
 	$(BIN)/python bench/tick_cost.py --redis
 	$(BIN)/python bench/send_throughput.py --leads 5000 --runs 3 --threads 4
-	$(BIN)/python bench/alert_latency.py --via beacon --events 1000 --runs 3
-	$(BIN)/python bench/tracking_rps.py --runs 3
+	$(BIN)/python bench/alert_latency.py --scaled --via beacon --events 1000 --runs 3
+	$(BIN)/python bench/alert_latency.py --embedded --via beacon --events 1000 --runs 1
+	$(BIN)/python bench/tracking_rps.py --runs 3 --seconds 5
 	$(BIN)/python bench/dashboard.py --leads 100000 --runs 3
 	$(BIN)/python bench/token_timing.py
 
