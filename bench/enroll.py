@@ -27,21 +27,11 @@ from sqlalchemy import text
 
 from nurture.catalog import Catalog, load_catalog
 from nurture.db.engine import Database
+from nurture.db.queries.enrollment import DELIVERY_COLUMNS
 from nurture.flows.tick import enroll
 
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MAX_LEADS = 2_000_000  # every load is bounded
-# The columns enrolling writes into `deliveries` (queries.enrollment.insert_deliveries).
-COPIED = (
-    "enrollment_id",
-    "lead_id",
-    "campaign_id",
-    "step_id",
-    "step_index",
-    "recipient_domain",
-    "due_at",
-    "status",
-)
 ZONES = (
     "Asia/Taipei",
     "Asia/Tokyo",
@@ -103,13 +93,13 @@ async def copy_deliveries_alone(db: Database) -> float:
         await conn.execute(
             text("CREATE TABLE ceiling (LIKE deliveries INCLUDING DEFAULTS INCLUDING INDEXES)")
         )
-        planned = await conn.execute(text(f"SELECT {', '.join(COPIED)} FROM deliveries"))
+        planned = await conn.execute(text(f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM deliveries"))
         rows = [tuple(r) for r in planned.all()]
     async with db.transaction() as conn:
         raw = await conn.get_raw_connection()
         started = time.perf_counter()
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            "ceiling", records=rows, columns=COPIED
+            "ceiling", records=rows, columns=DELIVERY_COLUMNS
         )
         return time.perf_counter() - started
 

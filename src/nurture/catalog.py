@@ -17,7 +17,6 @@ from typing import Any
 import holidays
 import yaml
 from jinja2 import FileSystemLoader, Template
-from jinja2 import TemplateError as JinjaTemplateError
 
 from nurture.core.campaign import Campaign, Step, parse_campaign
 from nurture.core.context import Rep
@@ -25,7 +24,7 @@ from nurture.core.lead import normalise_email
 from nurture.core.schedule import NO_DAYS_OFF, DaysOff
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules, parse_scoring
 from nurture.errors import CampaignError, ConfigError, ConfigErrors, TemplateError
-from nurture.render import TemplateRenderer, one_line
+from nurture.render import RENDER_ERRORS, TemplateRenderer, one_line
 from nurture.sandbox import LimitedSandbox, render_limited
 
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
@@ -77,14 +76,7 @@ class Catalog:
             raise CampaignError(f"step {step.id!r} is not a rep task", source=campaign.source)
         try:
             return one_line(render_limited(self._task_template(step.task.title), context))
-        except (
-            JinjaTemplateError,
-            ArithmeticError,
-            LookupError,
-            TypeError,
-            ValueError,
-            RecursionError,
-        ) as exc:
+        except RENDER_ERRORS as exc:
             index = next((i for i, s in enumerate(campaign.steps) if s.id == step.id), None)
             line = campaign.line_of("steps", index, "task") if index is not None else None
             raise TemplateError(

@@ -37,7 +37,7 @@ SAMPLE_POSTAL_ADDRESS: Final = "Example Inc., 1 Sample Street, Sample City"
 _LINE_BREAKS: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # Errors that template code can raise while rendering; anything else is a bug in nurture, not in a template.
 # RecursionError: a macro that calls itself.
-_RENDER_ERRORS: Final = (
+RENDER_ERRORS: Final = (
     JinjaTemplateError,
     ArithmeticError,
     LookupError,
@@ -307,7 +307,7 @@ def _blank_none(value: Any) -> Any:
 def _render(template: Template, context: Mapping[str, Any], where: _Where) -> str:
     try:
         return render_limited(template, context)
-    except _RENDER_ERRORS as exc:
+    except RENDER_ERRORS as exc:
         raise _translate(exc, where) from exc
 
 
