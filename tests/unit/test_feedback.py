@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,8 +62,18 @@ def test_what_is_not_a_usable_report_is_refused_with_a_reason(raw: bytes, reason
 
 @given(st.binary(max_size=2000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_any_bytes_are_a_report_or_a_value_error(raw: bytes) -> None:
-    with contextlib.suppress(ValueError):
-        parse_feedback_report(raw)
+    try:
+        report = parse_feedback_report(raw)
+    except ValueError as exc:
+        reason = str(exc)
+    else:
+        # a report names what it is about: the message, or its recipient
+        assert report.feedback_type
+        assert report.message_id is not None or report.recipient is not None
+        return
+    # a refusal is a one-line reason the API can answer with
+    assert reason
+    assert "\n" not in reason
 
 
 @given(st.text(max_size=300))
