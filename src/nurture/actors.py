@@ -82,24 +82,16 @@ def declare_actors(broker: dramatiq.Broker, *, send_batch: int = SEND_BATCH) -> 
 
     # Transient SMTP failures are rescheduled in the database (see flows.deliver); Dramatiq's own retries only
     # cover the unexpected, such as the database being briefly unreachable.
-    send = dramatiq.actor(
-        broker=broker,
-        actor_name="send_delivery",
-        queue_name=DELIVERIES_QUEUE,
-        max_retries=5,
-        min_backoff=1_000,
-        max_backoff=60_000,
-        time_limit=120_000,
-    )(send_delivery)
-    batch = dramatiq.actor(
-        broker=broker,
-        actor_name="send_deliveries",
-        queue_name=DELIVERIES_QUEUE,
-        max_retries=5,
-        min_backoff=1_000,
-        max_backoff=60_000,
-        time_limit=900_000,  # a batch through a relay at its slowest: 50 x 30 s timeouts over 4 connections
-    )(send_deliveries)
+    sending: dict[str, Any] = {
+        "broker": broker,
+        "queue_name": DELIVERIES_QUEUE,
+        "max_retries": 5,
+        "min_backoff": 1_000,
+        "max_backoff": 60_000,
+    }
+    send = dramatiq.actor(actor_name="send_delivery", time_limit=120_000, **sending)(send_delivery)
+    # A batch through a relay at its slowest: 50 x 30 s timeouts over 4 connections.
+    batch = dramatiq.actor(actor_name="send_deliveries", time_limit=900_000, **sending)(send_deliveries)
 
     alert_actor = _declare_send_alert(broker, runtime)
     rescore_actor = _declare_rescore_lead(broker, runtime, alert_actor)
