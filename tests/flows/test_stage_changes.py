@@ -50,7 +50,8 @@ async def _make_mql(db: Database, catalog: Catalog, email: str) -> int:
         assert await record_event(db, event, now=NOW) is not None
     result = await rescore(lead_id, db=db, catalog=catalog, now=NOW)
     assert result is not None
-    assert result.stage_change == StageChange(Stage.LEAD, Stage.MQL, result.stage_change.reason)
+    assert result.stage_change is not None
+    assert (result.stage_change.before, result.stage_change.after) == (Stage.LEAD, Stage.MQL)
     return lead_id
 
 
