@@ -21,6 +21,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("NURTURE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NURTURE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 TABLES = (
+    "stage_changes",
     "touchpoints",
     "events",
     "alerts",

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nurture.catalog import Catalog, load_catalog
 from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
-from nurture.core.lead import normalise_email
+from nurture.core.lead import RowError, normalise_email
 from nurture.core.tracking import share_url
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
@@ -31,7 +31,7 @@ from nurture.errors import ConfigErrors, NurtureError
 from nurture.flows.engage import find_leads_by_email
 from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
 from nurture.flows.explain import LeadExplanation, explain_lead, find_lead, scored_event_data
-from nurture.flows.ingest import ImportReport, import_leads
+from nurture.flows.ingest import ImportReport, StagePolicy, import_leads
 from nurture.flows.versions import ChangeWarning, warn_enrolled_changes
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
@@ -226,23 +226,48 @@ def leads_import(
     rejects: Annotated[
         Path | None, typer.Option(help="Write rejected rows (row, email, reason) to this CSV.")
     ] = None,
-    strict: Annotated[bool, typer.Option(help="Exit with status 1 when any row was rejected.")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Exit with status 1 when any row was rejected or kept its stage.")
+    ] = False,
+    allow_stage_downgrade: Annotated[
+        bool,
+        typer.Option(
+            help="Let rows move known leads' stages backwards (e.g. mql to lead); needs --stage-reason."
+        ),
+    ] = False,
+    stage_reason: Annotated[
+        str | None, typer.Option(help="Why this import changes stages; recorded with every stage change.")
+    ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
-    """Upsert leads by email; every bad row is reported with its row number while the good rows go in."""
+    """Upsert leads by email; every bad row is reported with its row number while the good rows go in.
+
+    A known lead's stage never moves backwards unless --allow-stage-downgrade is given with a reason: such a
+    row keeps the stage, its other fields go in, and it is reported like a bad row.
+    """
     with _reported():
+        stages = _stage_policy(allow_stage_downgrade, stage_reason)
         settings = _settings()
         if not file.is_file():
             raise NurtureError(f"{file}: no such file")
-        report = asyncio.run(_import(settings, file))
+        report = asyncio.run(_import(settings, file, stages))
         if rejects is not None:
             _write_rejects(rejects, report)
         _print_import(report, fmt)
-        if strict and report.rejected:
+        if strict and (report.rejected or report.stage_refused):
             raise typer.Exit(1)
 
 
-async def _import(settings: Settings, file: Path) -> ImportReport:
+def _stage_policy(allow_downgrade: bool, reason: str | None) -> StagePolicy:
+    reason = " ".join(reason.split()) if reason is not None else None
+    if reason == "":
+        raise NurtureError("--stage-reason must not be empty")
+    if allow_downgrade and reason is None:
+        raise NurtureError("--allow-stage-downgrade needs --stage-reason TEXT: why the stages move back")
+    return StagePolicy(reason=reason, allow_backward=allow_downgrade)
+
+
+async def _import(settings: Settings, file: Path, stages: StagePolicy) -> ImportReport:
     db = Database(settings.effective_database_url)
     try:
         if settings.is_embedded:
@@ -252,7 +277,7 @@ async def _import(settings: Settings, file: Path) -> ImportReport:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
                 raise NurtureError(f"{file}:1: the header has no `email` column")
-            return await import_leads(db, reader, now=datetime.now(UTC), on_progress=advance)
+            return await import_leads(db, reader, now=datetime.now(UTC), on_progress=advance, stages=stages)
     finally:
         await db.aclose()
 
@@ -279,11 +304,16 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: progress.update(task, completed=done)
 
 
+def _row_errors(report: ImportReport) -> list[RowError]:
+    """Rejected rows and rows that kept their stage, in row order."""
+    return sorted([*report.rejected, *report.stage_refused], key=lambda r: r.row)
+
+
 def _write_rejects(path: Path, report: ImportReport) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "email", "reason"])
-        writer.writerows((r.row, r.email, r.reason) for r in report.rejected)
+        writer.writerows((r.row, r.email, r.reason) for r in _row_errors(report))
 
 
 def _print_import(report: ImportReport, fmt: Format) -> None:
@@ -292,17 +322,21 @@ def _print_import(report: ImportReport, fmt: Format) -> None:
         "inserted": report.inserted,
         "updated": report.updated,
         "rejected": [{"row": r.row, "email": r.email, "reason": r.reason} for r in report.rejected],
+        "stages_changed": report.stages_changed,
+        "stage_refused": [{"row": r.row, "email": r.email, "reason": r.reason} for r in report.stage_refused],
     }
     if fmt is Format.json:
         typer.echo(json.dumps(data, ensure_ascii=False))
         return
-    for r in report.rejected[:50]:
+    errors = _row_errors(report)
+    for r in errors[:50]:
         err.print(f"row {r.row}: {r.reason}", markup=False, highlight=False)
-    if len(report.rejected) > 50:
-        err.print(f"... and {len(report.rejected) - 50} more (use --rejects FILE)", markup=False)
+    if len(errors) > 50:
+        err.print(f"... and {len(errors) - 50} more (use --rejects FILE)", markup=False)
+    refused = f", {len(report.stage_refused)} kept their stage" if report.stage_refused else ""
     typer.echo(
         f"imported {report.total} row(s): {report.inserted} new, {report.updated} updated, "
-        f"{len(report.rejected)} rejected"
+        f"{len(report.rejected)} rejected{refused}"
     )
 
 
@@ -361,6 +395,10 @@ def _explanation_data(found: LeadExplanation) -> dict[str, Any]:
         "timeline": [
             {"at": _iso(t.occurred_at), "kind": t.kind, "subject": t.subject} for t in found.timeline
         ],
+        "stage_history": [
+            {"at": _iso(h.occurred_at), "from": h.before, "to": h.after, "path": h.path, "reason": h.reason}
+            for h in found.stage_history
+        ],
         "alerts": [
             {
                 "id": a.id,
@@ -405,6 +443,11 @@ def _history_lines(found: LeadExplanation) -> list[str]:
         ended = f", ended {_when(e.ended_at)}" if e.ended_at else ""
         reason = f" ({e.exit_reason})" if e.exit_reason else ""
         lines.append(f"  {e.campaign_id}: {e.state}{reason}, enrolled {_when(e.enrolled_at)}{ended}")
+    lines += ["", "Stage history (newest first):" if found.stage_history else "Stage history: none"]
+    lines += [
+        f"  {_when(h.occurred_at)}  {h.before} -> {h.after} ({h.path}): {h.reason}"
+        for h in found.stage_history
+    ]
     lines += ["", "Timeline (newest first):" if found.timeline else "Timeline: empty"]
     lines += [f"  {_when(t.occurred_at)}  {t.kind}  {t.subject or ''}".rstrip() for t in found.timeline]
     lines += ["", "Alerts:" if found.alerts else "Alerts: none"]

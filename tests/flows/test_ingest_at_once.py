@@ -12,7 +12,7 @@ from sqlalchemy import select
 from nurture.core.lead import LeadRow
 from nurture.db.engine import Database
 from nurture.db.queries.leads import UpsertCounts, upsert_leads
-from nurture.db.queries.tables import leads
+from nurture.db.queries.tables import leads, stage_changes
 from nurture.flows.ingest import import_leads
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -76,3 +76,24 @@ async def test_two_batches_upserted_in_one_transaction_both_go_in(db: Database) 
         second = await upsert_leads(conn, batch("b@example.com", "c@example.com"), now=NOW)
     assert (first, second) == (UpsertCounts(2, 0), UpsertCounts(1, 1))
     assert sorted(await _stored(db)) == ["a@example.com", "b@example.com", "c@example.com"]
+
+
+@pytest.mark.integration
+async def test_two_imports_at_once_apply_the_forward_move_once_and_refuse_the_backward_one(
+    db: Database,
+) -> None:
+    # Given 100 MQLs
+    emails = [f"lead{n}@example.com" for n in range(100)]
+    await import_leads(db, [{"email": e, "stage": "mql"} for e in emails], now=NOW)
+    # When one file moves them to sql while another, at the same time, would put them back at lead
+    forward, backward = await asyncio.gather(
+        import_leads(db, [{"email": e, "stage": "sql"} for e in emails], now=NOW, batch_size=30),
+        import_leads(db, [{"email": e, "stage": "lead"} for e in emails], now=NOW, batch_size=40),
+    )
+    # Then every lead is an SQL, moved once and recorded once, and every backward row was refused
+    assert (forward.stages_changed, forward.stage_refused) == (100, [])
+    assert (backward.stages_changed, len(backward.stage_refused)) == (0, 100)
+    async with db.transaction() as conn:
+        assert set((await conn.execute(select(leads.c.stage))).scalars()) == {"sql"}
+        moves = (await conn.execute(select(stage_changes.c.from_stage, stage_changes.c.to_stage))).all()
+    assert [tuple(m) for m in moves] == [("mql", "sql")] * 100

@@ -31,7 +31,7 @@ from sqlalchemy import func, select, text
 from nurture.clock import FrozenClock
 from nurture.core.tracking import read_token, share_url, sign_token, verify_token, visitor_token
 from nurture.db.migrate import upgrade
-from nurture.db.queries.tables import events, leads, touchpoints
+from nurture.db.queries.tables import events, leads, stage_changes, touchpoints
 from nurture.flows.deliver import Outcome, deliver
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
@@ -669,7 +669,7 @@ async def test_api_leads_upserts_one_lead_or_many_and_reports_rejected_rows(web:
     )
 
     assert one.status_code == 200
-    assert one.json() == {"received": 1, "inserted": 1, "updated": 0, "rejected": []}
+    assert one.json() == {"received": 1, "inserted": 1, "updated": 0, "rejected": [], "stage_refused": []}
     assert many.status_code == 200
     answer = many.json()
     assert (answer["received"], answer["inserted"], answer["updated"]) == (5, 1, 1)
@@ -695,6 +695,51 @@ async def test_api_leads_upserts_one_lead_or_many_and_reports_rejected_rows(web:
     assert bad.status_code == 422
     assert bad.json()["rejected"][0]["field"] == "email"
     assert web.enqueued == []
+
+
+async def test_api_leads_never_moves_a_stage_back_unless_the_item_gives_a_stage_reason(web: Web) -> None:
+    key = await _api_key(web)
+    # Given two leads that sales made SQLs through the API
+    first = [{"email": "ana@example.com", "stage": "sql"}, {"email": "bo@example.com", "stage": "sql"}]
+    assert (await web.client.post("/api/leads", json=first, headers=_bearer(key))).status_code == 200
+    moved = [
+        {"email": "ana@example.com", "stage": "opportunity"},
+        {"email": "bo@example.com", "stage": "customer"},
+    ]
+    forward = await web.client.post("/api/leads", json=moved, headers=_bearer(key))
+    assert forward.json()["stage_refused"] == []
+    # When both are posted back at `lead`, the second with a stage_reason, and a company for the first
+    back = [
+        {"email": "ana@example.com", "stage": "lead", "company": "Kestrel"},
+        {"email": "bo@example.com", "stage": "lead", "stage_reason": "  CRM:   deal lost "},
+    ]
+    response = await web.client.post("/api/leads", json=back, headers=_bearer(key))
+    # Then the first keeps its stage (reported, its company applied) and the second moves back with the reason
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["updated"], answer["rejected"]) == (2, [])
+    [refused] = answer["stage_refused"]
+    assert (refused["index"], refused["field"]) == (0, "stage")
+    assert "kept opportunity" in refused["reason"]
+    async with web.runtime.db.transaction() as conn:
+        stored = {r.email: r for r in await conn.execute(select(leads))}
+        history = [
+            (r.lead_id, r.from_stage, r.to_stage, r.path, r.reason)
+            for r in await conn.execute(select(stage_changes).order_by(stage_changes.c.id))
+        ]
+    assert (stored["ana@example.com"].stage, stored["ana@example.com"].company) == ("opportunity", "Kestrel")
+    assert stored["bo@example.com"].stage == "lead"
+    ana, bo = stored["ana@example.com"].id, stored["bo@example.com"].id
+    assert history == [
+        (ana, "sql", "opportunity", "api", "api"),
+        (bo, "sql", "customer", "api", "api"),
+        (bo, "customer", "lead", "api", "CRM: deal lost"),
+    ]
+    # And a stage_reason that is not a string is refused like any bad field
+    bad = await web.client.post(
+        "/api/leads", json={"email": "bo@example.com", "stage_reason": 7}, headers=_bearer(key)
+    )
+    assert (bad.status_code, bad.json()["rejected"][0]["field"]) == (422, "stage_reason")
 
 
 # --- metrics -----------------------------------------------------------------------------------------------

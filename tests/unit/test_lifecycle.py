@@ -15,7 +15,6 @@ from nurture.core.lead import STAGES, Lead
 from nurture.core.lifecycle import (
     AlertTrigger,
     Hold,
-    StageChange,
     alert_triggers,
     assign_owner,
     choose_campaign,
@@ -27,6 +26,7 @@ from nurture.core.lifecycle import (
     stage_after_scoring,
 )
 from nurture.core.scoring import EngagementEvent, Moment, Thresholds
+from nurture.core.stages import Stage, StageChange
 
 LEAD = Lead(
     id=1,
@@ -317,36 +317,53 @@ def test_is_last_step_is_true_only_for_the_final_step(
 THRESHOLDS = Thresholds(mql=50, hot=80)
 
 
+def _to_mql(stage: Stage, score: int) -> StageChange:
+    return StageChange(stage, Stage.MQL, f"qualified: score {score} >= 50")
+
+
 @pytest.mark.parametrize(
     ("stage", "score", "expected"),
     [
         pytest.param(
-            "lead", 55, StageChange("lead", "mql", "qualified: score 55 >= 50"), id="lead qualifies"
+            Stage.LEAD,
+            55,
+            _to_mql(Stage.LEAD, 55),
+            id="lead qualifies",
         ),
-        pytest.param("lead", 50, StageChange("lead", "mql", "qualified: score 50 >= 50"), id="exactly mql"),
-        pytest.param("suspect", 90, StageChange("suspect", "mql", "qualified: score 90 >= 50"), id="suspect"),
-        pytest.param("visitor", 50, StageChange("visitor", "mql", "qualified: score 50 >= 50"), id="visitor"),
-        pytest.param("lead", 49, None, id="below mql"),
-        pytest.param("mql", 95, None, id="already mql"),
-        pytest.param("mql", 3, None, id="an mql whose score decayed stays mql"),
-        pytest.param("sql", 99, None, id="sql belongs to sales"),
-        pytest.param("opportunity", 99, None, id="opportunity"),
-        pytest.param("customer", 99, None, id="customer"),
+        pytest.param(Stage.LEAD, 50, _to_mql(Stage.LEAD, 50), id="exactly mql"),
+        pytest.param(
+            Stage.SUSPECT,
+            90,
+            _to_mql(Stage.SUSPECT, 90),
+            id="suspect",
+        ),
+        pytest.param(
+            Stage.VISITOR,
+            50,
+            _to_mql(Stage.VISITOR, 50),
+            id="visitor",
+        ),
+        pytest.param(Stage.LEAD, 49, None, id="below mql"),
+        pytest.param(Stage.MQL, 95, None, id="already mql"),
+        pytest.param(Stage.MQL, 3, None, id="an mql whose score decayed stays mql"),
+        pytest.param(Stage.SQL, 99, None, id="sql belongs to sales"),
+        pytest.param(Stage.OPPORTUNITY, 99, None, id="opportunity"),
+        pytest.param(Stage.CUSTOMER, 99, None, id="customer"),
     ],
 )
 def test_stage_after_scoring_moves_only_early_stages_to_mql(
-    stage: str, score: int, expected: StageChange | None
+    stage: Stage, score: int, expected: StageChange | None
 ) -> None:
     assert stage_after_scoring(stage, score, THRESHOLDS) == expected
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(Stage))
 @pytest.mark.parametrize("score", [0, 49, 50, 80, 1000])
-def test_stage_after_scoring_never_moves_a_lead_back_or_anywhere_but_mql(stage: str, score: int) -> None:
+def test_stage_after_scoring_never_moves_a_lead_back_or_anywhere_but_mql(stage: Stage, score: int) -> None:
     change = stage_after_scoring(stage, score, THRESHOLDS)
 
-    assert change is None or (change.before, change.after) == (stage, "mql")
-    assert change is None or STAGES.index(stage) < STAGES.index("mql")
+    assert change is None or (change.before, change.after) == (stage, Stage.MQL)
+    assert change is None or STAGES.index(stage) < STAGES.index(Stage.MQL)
 
 
 # --- alert_triggers --------------------------------------------------------------------------------------

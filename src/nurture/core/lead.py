@@ -16,8 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from nurture.core.stages import Stage
+
 GRADES: Final = ("invalid", "nurturable", "intent", "convertible", "customer")
-STAGES: Final = ("visitor", "lead", "suspect", "mql", "sql", "opportunity", "customer")
+STAGES: Final = tuple(Stage)  # in lifecycle order
 
 # Columns stored on the lead itself; every other non-empty column is kept as a source tag.
 PROFILE_FIELDS: Final = (
@@ -69,13 +71,18 @@ class Lead:
 
 @dataclass(frozen=True, slots=True)
 class LeadRow:
-    """A validated inbound row: empty profile fields mean "leave unchanged"."""
+    """A validated inbound row: empty profile fields mean "leave unchanged".
+
+    `stage_reason` is the caller's explicit reason for the row's stage: with it, the stage may move the lead
+    backwards (see `core.stages`); without it, a backward move is refused.
+    """
 
     email: str
     profile: Mapping[str, str]
     grade: str | None
-    stage: str | None
+    stage: Stage | None
     tags: Mapping[str, str]
+    stage_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +159,9 @@ def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow 
     if bad_tags:
         return RowError(row_number, email, f"column name not usable as a tag: {bad_tags[0]!r}")
     tags = {k: v for k, v in cleaned.items() if v and k not in PROFILE_FIELDS}
-    return LeadRow(email=email, profile=profile, grade=grade, stage=stage, tags=tags)
+    return LeadRow(
+        email=email, profile=profile, grade=grade, stage=Stage(stage) if stage else None, tags=tags
+    )
 
 
 def _check_values(grade: str | None, stage: str | None, cleaned: Mapping[str, str]) -> str | None:

@@ -17,11 +17,10 @@ from nurture.core.campaign import Audience, Campaign, ExitRule
 from nurture.core.context import Rep
 from nurture.core.lead import Lead
 from nurture.core.scoring import EngagementEvent, Moment, Thresholds
+from nurture.core.stages import Stage, StageChange, stage_rank
 
 # Tags a lead's acquisition source can arrive under: a CRM's `source` column or a form's UTM parameter.
 _SOURCE_TAGS = ("source", "utm_source")
-# Stages a score may move to MQL; a lead already with sales (sql, opportunity, customer) is never moved back.
-_BEFORE_MQL = frozenset({"visitor", "lead", "suspect"})
 # How a moment's event reads in an alert: "pricing_visit: visited https://acme.example/pricing".
 _DOES = {
     "email_open": "opened an email",
@@ -41,13 +40,6 @@ class Hold:
 
     reason: str
     exits_enrollment: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StageChange:
-    before: str
-    after: str
-    reason: str  # "qualified: score 55 >= 50"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +126,15 @@ def _country_fits(country: str | None, countries: frozenset[str]) -> bool:
     return country is not None and country.strip().casefold() in {c.casefold() for c in countries}
 
 
-def stage_after_scoring(stage: str, score: int, thresholds: Thresholds) -> StageChange | None:
+def stage_after_scoring(stage: Stage, score: int, thresholds: Thresholds) -> StageChange | None:
     """Return the move to MQL when `score` reaches the mql threshold from visitor, lead or suspect, else None.
 
     A score never moves a lead backwards (an MQL whose score decays stays an MQL) nor out of sql,
     opportunity or customer: those stages belong to sales.
     """
-    if stage in _BEFORE_MQL and score >= thresholds.mql:
-        return StageChange(before=stage, after="mql", reason=f"qualified: score {score} >= {thresholds.mql}")
+    if stage_rank(stage) < stage_rank(Stage.MQL) and score >= thresholds.mql:
+        reason = f"qualified: score {score} >= {thresholds.mql}"
+        return StageChange(before=stage, after=Stage.MQL, reason=reason)
     return None
 
 

@@ -195,6 +195,28 @@ class Touchpoint(Base):
     )
 
 
+class StageChange(Base):
+    """The stage history: one row per move of a lead's stage, written by `db.queries.stages.change_stage`
+    with the path it came by (scoring, import, api, cli, crm) and why. A replayed change with the same
+    `idempotency_key` is recorded once."""
+
+    __tablename__ = "stage_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    from_stage: Mapped[str] = mapped_column(String(20))
+    to_stage: Mapped[str] = mapped_column(String(20))
+    occurred_at: Mapped[datetime]
+    path: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        Index("ix_stage_changes_lead_time", "lead_id", "occurred_at"),
+        UniqueConstraint("idempotency_key", name="uq_stage_changes_idempotency_key"),
+    )
+
+
 class Event(Base):
     """An engagement signal (open, click, page visit, download, ...) as received."""
 

@@ -20,13 +20,13 @@ from nurture.catalog import Catalog
 from nurture.core.context import Rep
 from nurture.core.lifecycle import (
     AlertTrigger,
-    StageChange,
     alert_triggers,
     assign_owner,
     may_alert,
     stage_after_scoring,
 )
 from nurture.core.scoring import matched_moments, score
+from nurture.core.stages import StageChange, StagePath
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import fetch_last_alert_at, insert_alert
 from nurture.db.queries.deliveries import append_touchpoint
@@ -46,6 +46,7 @@ from nurture.db.queries.scoring import (
     save_score,
     set_lead_owner,
 )
+from nurture.db.queries.stages import LeadStageChange, change_stage
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ async def _record_score(
 ) -> None:
     """Store the score and stage, put the changes on the lead's timeline; a new MQL leaves its campaign."""
     changed = total != lead.score or change is not None
-    stage = change.after if change is not None else lead.stage
-    await save_score(conn, lead.id, score=total, stage=stage, scored_at=scored_at, changed=changed)
+    await save_score(conn, lead.id, score=total, scored_at=scored_at, changed=changed)
     if total != lead.score:
         detail: dict[str, object] = {"before": lead.score, "after": total}
         if recomputed:
@@ -172,13 +172,7 @@ async def _record_score(
         await append_touchpoint(conn, lead_id=lead.id, kind="score_change", occurred_at=now, detail=detail)
     if change is None:
         return
-    await append_touchpoint(
-        conn,
-        lead_id=lead.id,
-        kind="stage_change",
-        occurred_at=now,
-        detail={"before": change.before, "after": change.after, "reason": change.reason},
-    )
+    await change_stage(conn, [LeadStageChange(lead.id, change)], path=StagePath.SCORING, occurred_at=now)
     enrollment = await fetch_active_enrollment(conn, lead.id)
     if enrollment is not None:
         # end_enrollment also cancels the enrollment's pending and claimed deliveries.

@@ -28,6 +28,7 @@ from nurture.db.queries.scoring import (
     fetch_lead_by_email,
     fetch_lead_by_id,
 )
+from nurture.db.queries.stages import StageHistoryRow, fetch_stage_history
 from nurture.db.queries.timeline import (
     TouchpointRow,
     count_touchpoints,
@@ -49,6 +50,7 @@ class LeadExplanation:
     enrollments: tuple[EnrollmentRow, ...]
     timeline: tuple[TimelineEntry, ...]  # newest first
     alerts: tuple[AlertSummary, ...]  # newest first
+    stage_history: tuple[StageHistoryRow, ...] = ()  # newest first, from the stage history
 
 
 async def explain_lead(
@@ -63,6 +65,7 @@ async def explain_lead(
         enrollments = await fetch_enrollments(conn, lead.id)
         entries = await fetch_timeline(conn, lead.id, limit=timeline)
         alerts = await fetch_alerts_of_lead(conn, lead.id, limit=timeline)
+        stages = await fetch_stage_history(conn, lead.id, limit=timeline)
     rules = catalog.scoring
     return LeadExplanation(
         lead=lead,
@@ -72,6 +75,7 @@ async def explain_lead(
         enrollments=tuple(enrollments),
         timeline=entries,
         alerts=tuple(alerts),
+        stage_history=tuple(stages),
     )
 
 

@@ -1,5 +1,10 @@
 """Leads in: validate every inbound row in the core, upsert the good ones in batches, report the rest.
 
+A known lead's stage moves only as `core.stages` allows: forward or sideways with a record, backwards only
+when the caller gives an explicit reason (`StagePolicy`); a refused move leaves the stage and applies the
+rest of the row, which counts as updated and is listed in `ImportReport.stage_refused`. Each batch decides
+its moves at once from one lookup and writes them through `change_stage`, in the batch's transaction.
+
 Nothing is enqueued here: enrolling is the scheduler tick's job.
 """
 
@@ -8,15 +13,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from nurture.core.lead import LeadRow, RowError, normalise_row
+from nurture.core.stages import StageChange, StagePath, StageRefusal, decide_stage_move
 from nurture.db.engine import Database
 from nurture.db.queries.leads import UpsertCounts, upsert_leads
+from nurture.db.queries.stages import LeadStageChange, change_stage
 from nurture.db.queries.suppressions import suppress_listed_addresses
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StagePolicy:
+    """How an import records stage moves, and which may go backwards.
+
+    `reason` is recorded with every move (default: the path's name). `allow_backward` lets every row move
+    its lead backwards and needs a `reason`; `row_reasons` (row number -> reason) lets only those rows do so,
+    each with its own reason (`POST /api/leads`' `stage_reason`).
+    """
+
+    path: StagePath = StagePath.IMPORT
+    reason: str | None = None
+    allow_backward: bool = False
+    row_reasons: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.allow_backward and not self.reason:
+            raise ValueError("moving stages backwards needs a reason")
+
+    def explicit_reason(self, row_number: int) -> str | None:
+        """The reason that lets row `row_number` move its lead backwards, or None."""
+        return self.row_reasons.get(row_number) or (self.reason if self.allow_backward else None)
 
 
 @dataclass(slots=True)
@@ -25,6 +55,8 @@ class ImportReport:
     inserted: int = 0
     updated: int = 0
     rejected: list[RowError] = field(default_factory=list)
+    stage_refused: list[RowError] = field(default_factory=list)  # updated, but the stage kept
+    stages_changed: int = 0
 
     @property
     def accepted(self) -> int:
@@ -39,72 +71,119 @@ async def import_leads(
     first_row_number: int = 2,
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
+    stages: StagePolicy = StagePolicy(),
 ) -> ImportReport:
     """Upsert `rows` (e.g. from csv.DictReader) by email; every bad row is reported and the good rows go in.
 
     Row numbers count from `first_row_number` (2 for a CSV file whose line 1 is the header). A row whose email
     appears again later in the same batch is merged into it. `on_progress` is called with the number of rows
-    handled after each batch.
+    handled after each batch. `stages` says how stage moves of known leads are recorded and which may go
+    backwards.
 
     Reading and validating (CPU) run in a thread while the previous batch is written, so the database works
     on one batch while the next one is checked; at most one batch is in flight.
     """
     report = ImportReport()
     numbered = enumerate(rows, start=first_row_number)
-    writing: asyncio.Task[UpsertCounts] | None = None
+    writing: asyncio.Task[_Written] | None = None
     written_through = 0  # rows handled up to the end of the batch being written
     reported = 0
     try:
         while True:
-            batch = await asyncio.to_thread(_validate_batch, numbered, batch_size, report)
+            batch = await asyncio.to_thread(_validate_batch, numbered, batch_size, report, stages)
             if writing is not None:
-                counts = await writing
+                _count(report, await writing)
                 writing = None
-                report.inserted += counts.inserted
-                report.updated += counts.updated
                 reported = _progress(on_progress, written_through)
             if not batch:
                 break
             written_through = report.total
-            writing = asyncio.create_task(_write(db, list(batch.values()), now))
+            writing = asyncio.create_task(_write(db, batch, now, stages))
     finally:
         if writing is not None and not writing.done():
             writing.cancel()
     if reported != report.total:  # rows after the last batch were all rejected, or there were none
         _progress(on_progress, report.total)
+    report.stage_refused.sort(key=lambda r: r.row)
     log.info(
-        "import finished rows=%d inserted=%d updated=%d rejected=%d",
+        "import finished rows=%d inserted=%d updated=%d rejected=%d stages_changed=%d stage_refused=%d",
         report.total,
         report.inserted,
         report.updated,
         len(report.rejected),
+        report.stages_changed,
+        len(report.stage_refused),
     )
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    rows: dict[str, LeadRow]  # by email
+    stage_rows: dict[str, int]  # email -> number of the row whose stage the merged row carries
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    counts: UpsertCounts
+    stages_changed: int
+    refused: list[RowError]
+
+
 def _validate_batch(
-    numbered: Iterator[tuple[int, Mapping[str, str | None]]], batch_size: int, report: ImportReport
-) -> dict[str, LeadRow]:
+    numbered: Iterator[tuple[int, Mapping[str, str | None]]],
+    batch_size: int,
+    report: ImportReport,
+    stages: StagePolicy,
+) -> _Batch | None:
     """Read and check rows until `batch_size` distinct emails are ready (or the rows end); bad rows go to
-    the report."""
-    batch: dict[str, LeadRow] = {}
+    the report. None when no row was left to write."""
+    batch = _Batch({}, {})
     for number, raw in numbered:
         report.total += 1
         result = normalise_row(raw, row_number=number)
         if isinstance(result, RowError):
             report.rejected.append(result)
             continue
-        batch[result.email] = _merge(batch.get(result.email), result)
-        if len(batch) >= batch_size:
+        if result.stage is not None:
+            batch.stage_rows[result.email] = number
+            explicit = stages.explicit_reason(number)
+            if explicit is not None:
+                result = replace(result, stage_reason=explicit)
+        batch.rows[result.email] = _merge(batch.rows.get(result.email), result)
+        if len(batch.rows) >= batch_size:
             break
-    return batch
+    return batch if batch.rows else None
 
 
-async def _write(db: Database, rows: list[LeadRow], now: datetime) -> UpsertCounts:
+async def _write(db: Database, batch: _Batch, now: datetime, stages: StagePolicy) -> _Written:
+    rows = list(batch.rows.values())
     async with db.transaction() as conn:
         counts = await upsert_leads(conn, rows, now=now)
+        moves: list[LeadStageChange] = []
+        refused: list[RowError] = []
+        default_reason = stages.reason or str(stages.path)
+        for known in counts.other_stage:
+            row = batch.rows[known.email]
+            if row.stage is None:  # upsert_leads reports only rows that give a stage
+                continue
+            move = decide_stage_move(
+                known.stage, row.stage, reason=default_reason, explicit_reason=row.stage_reason
+            )
+            if isinstance(move, StageChange):
+                moves.append(LeadStageChange(known.lead_id, move))
+            elif isinstance(move, StageRefusal):
+                refused.append(RowError(batch.stage_rows[known.email], known.email, move.reason))
+        await change_stage(conn, moves, path=stages.path, occurred_at=now)
         await suppress_listed_addresses(conn, [r.email for r in rows], now=now)  # complained or erased before
-    return counts
+    return _Written(counts, len(moves), refused)
+
+
+def _count(report: ImportReport, written: _Written) -> None:
+    report.inserted += written.counts.inserted
+    report.updated += written.counts.updated
+    report.stages_changed += written.stages_changed
+    report.stage_refused += written.refused
 
 
 def _progress(on_progress: Callable[[int], None] | None, rows: int) -> int:
@@ -123,4 +202,5 @@ def _merge(earlier: LeadRow | None, later: LeadRow) -> LeadRow:
         grade=later.grade or earlier.grade,
         stage=later.stage or earlier.stage,
         tags={**earlier.tags, **later.tags},
+        stage_reason=later.stage_reason if later.stage else earlier.stage_reason,
     )

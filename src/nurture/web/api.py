@@ -17,7 +17,9 @@ id, a single bad one 422. An array is answered 200 with what became of each item
 Every request passes `ApiGate` first: 429 with `Retry-After` once its key is over the rate limit
 (NURTURE_API_RATE_PER_S, NURTURE_API_BURST).
 
-Leads: 200 with the counts and the rejected items; 422 when every item was rejected.
+Leads: 200 with the counts and the rejected items; 422 when every item was rejected. A known lead's `stage`
+never moves it backwards (mql to lead) unless the item gives `stage_reason`, which is recorded with the
+change: such an item is applied but for its stage, counted as updated and listed under `stage_refused`.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nurture.core.lead import normalise_email
+from nurture.core.stages import StagePath
 from nurture.core.token_bucket import BucketLimit
 from nurture.db.queries.idempotency import fetch_request_hash, remember_request_hash
 from nurture.errors import DatabaseUnavailableError
 from nurture.event_stream import KEY_PREFIX
 from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, find_leads_by_email
-from nurture.flows.ingest import import_leads
+from nurture.flows.ingest import StagePolicy, import_leads
 from nurture.runtime import Runtime
 from nurture.web.auth import ApiGate, RateLimiter, Refusal
 from nurture.web.http import BodyError, json_error, read_json
@@ -95,24 +98,31 @@ class ApiEndpoints:
         items = body if isinstance(body, list) else [body]
         rows: list[dict[str, str | None]] = []
         positions: list[int] = []  # the item index of each row handed to the import
+        reasons: dict[int, str] = {}  # row number -> the item's stage_reason
         rejected: list[Rejected] = []
         for index, item in enumerate(items):
-            row = lead_row(item, index=index)
-            if isinstance(row, Rejected):
-                rejected.append(row)
-            else:
-                rows.append(row)
-                positions.append(index)
-        report = await import_leads(self._runtime.db, rows, now=self._runtime.clock.now(), first_row_number=0)
+            parsed = lead_row(item, index=index)
+            if isinstance(parsed, Rejected):
+                rejected.append(parsed)
+                continue
+            if parsed.stage_reason is not None:
+                reasons[len(rows)] = parsed.stage_reason
+            rows.append(parsed.row)
+            positions.append(index)
+        stages = StagePolicy(path=StagePath.API, row_reasons=reasons)
+        now = self._runtime.clock.now()
+        report = await import_leads(self._runtime.db, rows, now=now, first_row_number=0, stages=stages)
         for error in report.rejected:
             field, reason = split_reason(error.reason)
             rejected.append(Rejected(positions[error.row], field, reason))
         rejected.sort(key=lambda r: r.index)
+        refused = [Rejected(positions[e.row], *split_reason(e.reason)) for e in report.stage_refused]
         data = {
             "received": len(items),
             "inserted": report.inserted,
             "updated": report.updated,
             "rejected": [r.as_json() for r in rejected],
+            "stage_refused": [r.as_json() for r in refused],
         }
         return JSONResponse(data, status_code=422 if items and not report.accepted else 200)
 

@@ -28,6 +28,7 @@ from nurture.core.tracking import MAX_ID, is_trackable_url
 from nurture.flows.engage import EVENT_TYPE
 
 MAX_URL_CHARS: Final = 2048
+MAX_STAGE_REASON_CHARS: Final = 500
 MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 # Kinds nurture writes on the timeline itself: an API event of one of these would pass for our own record.
 RESERVED_TYPES: Final = frozenset(
@@ -44,7 +45,7 @@ RESERVED_TYPES: Final = frozenset(
         "owner_assigned",
     }
 )
-_LEAD_FIELDS: Final = frozenset({"email", "grade", "stage", *PROFILE_FIELDS})
+_LEAD_FIELDS: Final = frozenset({"email", "grade", "stage", "stage_reason", *PROFILE_FIELDS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +115,26 @@ def split_reason(message: str) -> tuple[str | None, str]:
     return None, message
 
 
-def lead_row(item: Any, *, index: int) -> dict[str, str | None] | Rejected:
-    """Turn one item of a leads body into a row for `import_leads` (the same columns as a CSV file).
+@dataclass(frozen=True, slots=True)
+class LeadItem:
+    row: dict[str, str | None]  # the same columns as a CSV file
+    stage_reason: str | None  # given: the lead's `stage` may move it backwards, recorded with this reason
+
+
+def lead_row(item: Any, *, index: int) -> LeadItem | Rejected:
+    """Turn one item of a leads body into a row for `import_leads` and the item's `stage_reason`.
 
     Values are strings (numbers are accepted and written out); `tags` may be an object of source tags.
     """
     if not isinstance(item, Mapping):
         return Rejected(index, None, "a lead is a JSON object")
+    reason = _stage_reason(item.get("stage_reason"), index=index)
+    if isinstance(reason, Rejected):
+        return reason
     row: dict[str, str | None] = {}
     for key, value in item.items():
+        if key == "stage_reason":
+            continue
         if key == "tags":
             tags = _tags(value, index=index)
             if isinstance(tags, Rejected):
@@ -132,7 +144,18 @@ def lead_row(item: Any, *, index: int) -> dict[str, str | None] | Rejected:
         if not _is_cell(value):
             return Rejected(index, key, "must be a string or a number")
         row[key] = _cell(value)
-    return row
+    return LeadItem(row, reason)
+
+
+def _stage_reason(value: Any, *, index: int) -> str | Rejected | None:
+    if value is None:
+        return None
+    text = " ".join(value.split()) if isinstance(value, str) else ""
+    if not text or len(text) > MAX_STAGE_REASON_CHARS:
+        return Rejected(
+            index, "stage_reason", f"a non-empty string of at most {MAX_STAGE_REASON_CHARS} characters"
+        )
+    return text
 
 
 def _tags(value: Any, *, index: int) -> dict[str, str | None] | Rejected:

@@ -1,4 +1,8 @@
-"""Queries on leads: upsert from imports, suppression."""
+"""Queries on leads: upsert from imports, suppression.
+
+An upsert never writes a known lead's stage: it reports the known leads whose row asks for another stage,
+and the caller decides (`core.stages`) and moves them through `db.queries.stages.change_stage`.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,34 @@ from sqlalchemy import ColumnElement, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.lead import PROFILE_FIELDS, LeadRow
+from nurture.core.stages import Stage
 from nurture.db.queries.tables import deliveries, dialect_insert, enrollments, leads
+
+
+@dataclass(frozen=True, slots=True)
+class KnownStage:
+    """A known lead whose imported row asks for another stage than the one it has."""
+
+    lead_id: int
+    email: str
+    stage: Stage  # as stored
 
 
 @dataclass(frozen=True, slots=True)
 class UpsertCounts:
     inserted: int
     updated: int
+    other_stage: tuple[KnownStage, ...] = ()  # merged leads whose row gives another stage; left unchanged
+
+
+# SQLite's oldest builds allow 999 bound values in one statement.
+_LOOKUP_CHUNK = 900
 
 
 async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime) -> UpsertCounts:
     """Insert new leads and merge the rest by email: given fields overwrite, empty ones keep the old value,
-    tags are merged. `rows` must not repeat an email. Every touched lead is marked for an enrollment check."""
+    tags are merged; a known lead's stage is left as it is and reported in `other_stage` when the row gives
+    another. `rows` must not repeat an email. Every touched lead is marked for an enrollment check."""
     if not rows:
         return UpsertCounts(0, 0)
     if conn.dialect.name == "postgresql":
@@ -37,13 +57,30 @@ async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: d
     to_update = [_update_values(r, now) for r in rows if r.email not in inserted]
     if to_update:
         await conn.execute(_merge_statement(conn), to_update)
-    return UpsertCounts(inserted=len(inserted), updated=len(to_update))
+    asked = {r.email: r.stage for r in rows if r.stage is not None and r.email not in inserted}
+    other = await _other_stages(conn, asked)
+    return UpsertCounts(inserted=len(inserted), updated=len(to_update), other_stage=other)
+
+
+async def _other_stages(conn: AsyncConnection, asked: dict[str, Stage]) -> tuple[KnownStage, ...]:
+    """The known leads among `asked` (email -> stage the row gives) that are at another stage."""
+    emails = list(asked)
+    found: list[KnownStage] = []
+    for start in range(0, len(emails), _LOOKUP_CHUNK):
+        chunk = emails[start : start + _LOOKUP_CHUNK]
+        stmt = select(leads.c.id, leads.c.email, leads.c.stage).where(leads.c.email.in_(chunk))
+        found += [
+            KnownStage(row.id, row.email, Stage(row.stage))
+            for row in await conn.execute(stmt)
+            if row.stage != asked[row.email]
+        ]
+    return tuple(found)
 
 
 # The columns an import writes, in the order they are staged.
 _STAGED = ("email", *PROFILE_FIELDS, "grade", "stage", "tags")
 _STAGED_LIST = ", ".join(_STAGED)
-_MERGED_FIELDS = (*PROFILE_FIELDS, "grade", "stage")  # a given value overwrites, an empty one keeps the old
+_MERGED_FIELDS = (*PROFILE_FIELDS, "grade")  # a given value overwrites, an empty one keeps the old
 _INSERTED_VALUES = _STAGED_LIST.replace("stage", "coalesce(stage, 'lead')")
 
 
@@ -91,19 +128,31 @@ async def _upsert_leads_staged(
             ),
             {"now": now, "inserted": list(inserted)},
         )
+    # The merge holds the known leads' rows, so their stages stay as read until commit. A lead inserted
+    # just now has the row's stage and never shows up here.
+    known: tuple[KnownStage, ...] = ()
+    if updated:
+        other = await conn.execute(
+            text(
+                "SELECT leads.id, leads.email, leads.stage FROM leads JOIN lead_import s "
+                "ON s.email = leads.email WHERE s.stage IS NOT NULL AND s.stage <> leads.stage"
+            )
+        )
+        known = tuple(KnownStage(row.id, row.email, Stage(row.stage)) for row in other)
     await conn.execute(text("DROP TABLE lead_import"))  # the transaction may stage another batch
-    return UpsertCounts(inserted=len(inserted), updated=updated)
+    return UpsertCounts(inserted=len(inserted), updated=updated, other_stage=known)
 
 
 def _staged_record(row: LeadRow) -> tuple[str | None, ...]:
     profile = [row.profile.get(name) for name in PROFILE_FIELDS]
-    return (row.email, *profile, row.grade, row.stage, json.dumps(dict(row.tags)))
+    stage = str(row.stage) if row.stage is not None else None
+    return (row.email, *profile, row.grade, stage, json.dumps(dict(row.tags)))
 
 
 def _merge_statement(conn: AsyncConnection) -> Any:
     merged: dict[str, ColumnElement[Any]] = {
         name: func.coalesce(bindparam(f"p_{name}", type_=leads.c[name].type), leads.c[name])
-        for name in (*PROFILE_FIELDS, "grade", "stage")
+        for name in _MERGED_FIELDS
     }
     new_tags = bindparam("p_tags", type_=leads.c.tags.type)
     if conn.dialect.name == "postgresql":
@@ -135,7 +184,7 @@ def _insert_values(row: LeadRow, now: datetime) -> dict[str, Any]:
 
 def _update_values(row: LeadRow, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {f"p_{name}": row.profile.get(name) for name in PROFILE_FIELDS}
-    values.update(p_email=row.email, p_grade=row.grade, p_stage=row.stage, p_tags=dict(row.tags), p_now=now)
+    values.update(p_email=row.email, p_grade=row.grade, p_tags=dict(row.tags), p_now=now)
     return values
 
 

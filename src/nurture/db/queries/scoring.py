@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.context import LeadProfile
 from nurture.core.scoring import EngagementEvent
+from nurture.core.stages import Stage
 from nurture.db.queries.tables import (
     catalog_state,
     deliveries,
@@ -33,7 +34,7 @@ class ScoringLead:
     """What rescoring reads from a lead row, which stays locked until the transaction ends."""
 
     id: int
-    stage: str
+    stage: Stage
     score: int
     owner: str | None
     grade: str | None
@@ -88,7 +89,7 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
         return None
     return ScoringLead(
         id=row.id,
-        stage=row.stage,
+        stage=Stage(row.stage),
         score=row.score,
         owner=row.owner,
         grade=row.grade,
@@ -156,14 +157,15 @@ def _text(properties: Mapping[str, Any] | None, key: str) -> str | None:
 
 
 async def save_score(
-    conn: AsyncConnection, lead_id: int, *, score: int, stage: str, scored_at: datetime | None, changed: bool
+    conn: AsyncConnection, lead_id: int, *, score: int, scored_at: datetime | None, changed: bool
 ) -> None:
-    """Store a lead's score and stage, computed at `scored_at` (None keeps the previous time).
+    """Store a lead's score, computed at `scored_at` (None keeps the previous time); its stage moves only
+    through `db.queries.stages.change_stage`.
 
-    A `changed` score or stage may fit another campaign's audience now: the lead is flagged for the next
-    enrollment check.
+    A `changed` score may fit another campaign's audience now: the lead is flagged for the next enrollment
+    check.
     """
-    values: dict[str, Any] = {"score": score, "stage": stage}
+    values: dict[str, Any] = {"score": score}
     if scored_at is not None:
         values["score_updated_at"] = scored_at
     if changed:

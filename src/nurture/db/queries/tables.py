@@ -27,6 +27,7 @@ events = _table(models.Event)
 scheduler_leases = _table(models.SchedulerLease)
 catalog_state = _table(models.CatalogState)
 alerts = _table(models.Alert)
+stage_changes = _table(models.StageChange)
 
 
 def lead_value(row: Row[Any]) -> LeadValue:
