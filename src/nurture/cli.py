@@ -36,7 +36,7 @@ from nurture.flows.versions import ChangeWarning, warn_enrolled_changes
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
 from nurture.service import run_forever, run_tick
-from nurture.settings import Settings, load_settings
+from nurture.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from nurture.web.auth import IssuedApiKey, issue_api_key, list_api_keys, revoke_key
 from nurture.web.server import WebAddress
 from nurture.web.sessions import IssuedLoginLink, issue_login_link
@@ -88,11 +88,15 @@ Port = Annotated[int, typer.Option(help="Port the tracking web listens on.", min
 
 
 @app.command()
-def run(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run everything in one process: scheduler, worker threads, tracking web."""
+def run(host: Host = DEFAULT_HOST, port: Port = DEFAULT_PORT) -> None:
+    """Run everything in one process: scheduler, worker threads, tracking web.
+
+    Links point to http://HOST:PORT unless NURTURE_BASE_URL is set.
+    """
     with _reported():
         web = WebAddress(host, port)
-        asyncio.run(run_forever(_settings(), with_scheduler=True, with_worker=True, web=web))
+        settings = _settings().listening_on(host, port)
+        asyncio.run(run_forever(settings, with_scheduler=True, with_worker=True, web=web))
 
 
 @app.command()
@@ -112,12 +116,15 @@ def worker() -> None:
 
 
 @app.command("web")
-def web_command(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics."""
+def web_command(host: Host = DEFAULT_HOST, port: Port = DEFAULT_PORT) -> None:
+    """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics.
+
+    Links point to http://HOST:PORT unless NURTURE_BASE_URL is set.
+    """
     with _reported():
         web = WebAddress(host, port)
         # Without Redis, re-scores would queue in this process's memory with no worker to run them.
-        settings = _require_broker(_settings(), "web")
+        settings = _require_broker(_settings(), "web").listening_on(host, port)
         asyncio.run(run_forever(settings, with_scheduler=False, with_worker=False, web=web))
 
 
