@@ -27,6 +27,7 @@ from nurture.core.lead import normalise_email
 from nurture.core.tracking import share_url
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
+from nurture.db.queries.apikeys import StoredApiKey
 from nurture.errors import ConfigErrors, NurtureError
 from nurture.flows.engage import find_leads_by_email
 from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
@@ -37,9 +38,9 @@ from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
 from nurture.service import run_forever, run_tick
 from nurture.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
-from nurture.web.auth import IssuedApiKey, issue_api_key, list_api_keys, revoke_key
+from nurture.web.auth import IssuedApiKey, find_active_key, issue_api_key, list_api_keys, revoke_key
 from nurture.web.server import WebAddress
-from nurture.web.sessions import IssuedLoginLink, issue_login_link
+from nurture.web.sessions import IssuedLoginLink, issue_login_link, local_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Campaigns-as-code B2B lead nurturing.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -83,6 +84,7 @@ def _settings() -> Settings:
     return settings
 
 
+KEY_PREFIX_HELP = "its prefix as `nurture apikey list` shows it (nk_1d9f231d_...), or its first 4+ digits."
 Host = Annotated[str, typer.Option(help="Address the tracking web listens on.")]
 Port = Annotated[int, typer.Option(help="Port the tracking web listens on.", min=1, max=65535)]
 
@@ -590,15 +592,28 @@ def apikey_list(
 
 @apikey_app.command("revoke")
 def apikey_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix (the 8 hex digits after nk_).")],
+    prefix: Annotated[str, typer.Argument(help=KEY_PREFIX_HELP)],
 ) -> None:
     """Revoke an API key: requests that present it are refused from now on."""
     with _reported():
         settings = _settings()
         now = build_clock(settings).now()
-        if not asyncio.run(_on_database(settings, lambda db: revoke_key(db, prefix, now=now))):
+
+        async def revoke(db: Database) -> str | None:
+            stored = await _active_key(db, prefix)
+            return stored.prefix if await revoke_key(db, stored.prefix, now=now) else None
+
+        revoked = asyncio.run(_on_database(settings, revoke))
+        if revoked is None:  # revoked by someone else in the meantime
             raise NurtureError(f"no active API key with prefix {prefix!r}")
-        typer.echo(f"revoked {prefix}")
+        typer.echo(f"revoked nk_{revoked}")
+
+
+async def _active_key(db: Database, reference: str) -> StoredApiKey:
+    try:
+        return await find_active_key(db, reference)
+    except ValueError as exc:
+        raise NurtureError(str(exc)) from None
 
 
 @link_app.command("create")
@@ -629,19 +644,31 @@ def link_create(
 
 @app.command("login-link")
 def login_link(
-    api_key: Annotated[str, typer.Option("--key", help="The rep's API key prefix (8 hex digits after nk_).")],
+    api_key: Annotated[str, typer.Option("--key", help=f"The rep's API key: {KEY_PREFIX_HELP}")],
     lead: Annotated[
         int | None, typer.Option("--lead", help="Then open this lead (its id, as in alerts).", min=1)
+    ] = None,
+    next_path: Annotated[
+        str | None,
+        typer.Option("--next", help="Then open this page of the site, such as /dashboard?days=7 (a path)."),
     ] = None,
     minutes: Annotated[int, typer.Option(help="How long the link works.", min=1, max=1440)] = 15,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
-    """Print a one-time link that signs a rep's browser in with their key, for a rep reading an alert."""
+    """Print a one-time link that signs a rep's browser in with their key, for a rep reading an alert.
+
+    It lands on the lead (--lead), on a page (--next), or else on the dashboard.
+    """
     with _reported():
+        if lead is not None and next_path is not None:
+            raise NurtureError("give --lead ID or --next PATH, not both")
         settings = _settings()
         now = build_clock(settings).now()
         key = secret_key(settings)
-        next_path = f"/leads/{lead}" if lead is not None else None
+        if lead is not None:
+            next_path = f"/leads/{lead}"
+        elif next_path is not None and local_path(next_path) != next_path:
+            raise NurtureError(f"--next: {next_path!r} is not a path on this site (such as /leads/42)")
 
         async def issue(db: Database) -> IssuedLoginLink:
             try:
