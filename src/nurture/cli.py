@@ -27,6 +27,7 @@ from nurture.core.lead import RowError, normalise_email
 from nurture.core.tracking import share_url
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
+from nurture.db.queries.apikeys import StoredApiKey
 from nurture.errors import ConfigErrors, NurtureError
 from nurture.flows.engage import find_leads_by_email
 from nurture.flows.escalate import RescoreSummary, rescore, rescore_all
@@ -36,10 +37,10 @@ from nurture.flows.versions import ChangeWarning, warn_enrolled_changes
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
 from nurture.service import run_forever, run_tick
-from nurture.settings import Settings, load_settings
-from nurture.web.auth import IssuedApiKey, issue_api_key, list_api_keys, revoke_key
+from nurture.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
+from nurture.web.auth import IssuedApiKey, find_active_key, issue_api_key, list_api_keys, revoke_key
 from nurture.web.server import WebAddress
-from nurture.web.sessions import IssuedLoginLink, issue_login_link
+from nurture.web.sessions import IssuedLoginLink, issue_login_link, local_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Campaigns-as-code B2B lead nurturing.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -83,16 +84,21 @@ def _settings() -> Settings:
     return settings
 
 
+KEY_PREFIX_HELP = "its prefix as `nurture apikey list` shows it (nk_1d9f231d_...), or its first 4+ digits."
 Host = Annotated[str, typer.Option(help="Address the tracking web listens on.")]
 Port = Annotated[int, typer.Option(help="Port the tracking web listens on.", min=1, max=65535)]
 
 
 @app.command()
-def run(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run everything in one process: scheduler, worker threads, tracking web."""
+def run(host: Host = DEFAULT_HOST, port: Port = DEFAULT_PORT) -> None:
+    """Run everything in one process: scheduler, worker threads, tracking web.
+
+    Links point to http://HOST:PORT unless NURTURE_BASE_URL is set.
+    """
     with _reported():
         web = WebAddress(host, port)
-        asyncio.run(run_forever(_settings(), with_scheduler=True, with_worker=True, web=web))
+        settings = _settings().listening_on(host, port)
+        asyncio.run(run_forever(settings, with_scheduler=True, with_worker=True, web=web))
 
 
 @app.command()
@@ -112,12 +118,15 @@ def worker() -> None:
 
 
 @app.command("web")
-def web_command(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics."""
+def web_command(host: Host = DEFAULT_HOST, port: Port = DEFAULT_PORT) -> None:
+    """Run the tracking web: pixel, click redirects, site events, the API, unsubscribe, health, metrics.
+
+    Links point to http://HOST:PORT unless NURTURE_BASE_URL is set.
+    """
     with _reported():
         web = WebAddress(host, port)
         # Without Redis, re-scores would queue in this process's memory with no worker to run them.
-        settings = _require_broker(_settings(), "web")
+        settings = _require_broker(_settings(), "web").listening_on(host, port)
         asyncio.run(run_forever(settings, with_scheduler=False, with_worker=False, web=web))
 
 
@@ -626,15 +635,28 @@ def apikey_list(
 
 @apikey_app.command("revoke")
 def apikey_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix (the 8 hex digits after nk_).")],
+    prefix: Annotated[str, typer.Argument(help=KEY_PREFIX_HELP)],
 ) -> None:
     """Revoke an API key: requests that present it are refused from now on."""
     with _reported():
         settings = _settings()
         now = build_clock(settings).now()
-        if not asyncio.run(_on_database(settings, lambda db: revoke_key(db, prefix, now=now))):
+
+        async def revoke(db: Database) -> str | None:
+            stored = await _active_key(db, prefix)
+            return stored.prefix if await revoke_key(db, stored.prefix, now=now) else None
+
+        revoked = asyncio.run(_on_database(settings, revoke))
+        if revoked is None:  # revoked by someone else in the meantime
             raise NurtureError(f"no active API key with prefix {prefix!r}")
-        typer.echo(f"revoked {prefix}")
+        typer.echo(f"revoked nk_{revoked}")
+
+
+async def _active_key(db: Database, reference: str) -> StoredApiKey:
+    try:
+        return await find_active_key(db, reference)
+    except ValueError as exc:
+        raise NurtureError(str(exc)) from None
 
 
 @link_app.command("create")
@@ -665,19 +687,31 @@ def link_create(
 
 @app.command("login-link")
 def login_link(
-    api_key: Annotated[str, typer.Option("--key", help="The rep's API key prefix (8 hex digits after nk_).")],
+    api_key: Annotated[str, typer.Option("--key", help=f"The rep's API key: {KEY_PREFIX_HELP}")],
     lead: Annotated[
         int | None, typer.Option("--lead", help="Then open this lead (its id, as in alerts).", min=1)
+    ] = None,
+    next_path: Annotated[
+        str | None,
+        typer.Option("--next", help="Then open this page of the site, such as /dashboard?days=7 (a path)."),
     ] = None,
     minutes: Annotated[int, typer.Option(help="How long the link works.", min=1, max=1440)] = 15,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
-    """Print a one-time link that signs a rep's browser in with their key, for a rep reading an alert."""
+    """Print a one-time link that signs a rep's browser in with their key, for a rep reading an alert.
+
+    It lands on the lead (--lead), on a page (--next), or else on the dashboard.
+    """
     with _reported():
+        if lead is not None and next_path is not None:
+            raise NurtureError("give --lead ID or --next PATH, not both")
         settings = _settings()
         now = build_clock(settings).now()
         key = secret_key(settings)
-        next_path = f"/leads/{lead}" if lead is not None else None
+        if lead is not None:
+            next_path = f"/leads/{lead}"
+        elif next_path is not None and local_path(next_path) != next_path:
+            raise NurtureError(f"--next: {next_path!r} is not a path on this site (such as /leads/42)")
 
         async def issue(db: Database) -> IssuedLoginLink:
             try:

@@ -25,6 +25,7 @@ from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxErr
 
 from nurture.core.campaign import Campaign, Step, Variant
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, template_context
+from nurture.core.plaintext import full_stop, wrap_plain_text
 from nurture.errors import CampaignError, TemplateError
 from nurture.ports import RenderedEmail
 from nurture.sandbox import LimitedSandbox, render_limited
@@ -34,6 +35,7 @@ SAMPLE_UNSUBSCRIBE_URL: Final = "https://nurture.example/u/sample-token"
 SAMPLE_POSTAL_ADDRESS: Final = "Example Inc., 1 Sample Street, Sample City"
 # \s already covers \r, \n, \t, \x0b, \x0c, \x1c-\x1f, U+0085, U+2028 and U+2029; the rest are the other
 # control characters, which have no business in a Subject header either.
+_TEXT_CONFIG: Final = ParserConfig(display_links=True)
 _LINE_BREAKS: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # Errors that template code can raise while rendering; anything else is a bug in nurture, not in a template.
 # RecursionError: a macro that calls itself.
@@ -77,7 +79,6 @@ class TemplateRenderer:
         self._text_env = _environment(loader, autoescape=False)
         # Remote stylesheets are dropped, never fetched: rendering does no network I/O.
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
-        self._text_config = ParserConfig(display_links=True)
         self._compiled: dict[tuple[str, str, str | None], _Compiled] = {}
 
     def render_step(
@@ -260,8 +261,7 @@ class TemplateRenderer:
             ) from exc
 
     def _html_to_text(self, html: str) -> str:
-        # Links come out as "[text](url)", so the unsubscribe URL survives in the text part.
-        return str(get_text(html, self._text_config)).strip() if html.strip() else ""
+        return html_to_text(html)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,13 +274,23 @@ class _Part:
     where: _Where
 
 
+def html_to_text(html: str) -> str:
+    """The text part of a step that has no text template: its HTML as text, wrapped at 78 columns.
+
+    Links come out as "[text](url)", so every URL (the unsubscribe link's too) survives whole.
+    """
+    return wrap_plain_text(str(get_text(html, _TEXT_CONFIG))) if html.strip() else ""
+
+
 def one_line(text: str) -> str:
     """Collapse every run of whitespace and control characters to one space, so a subject is one line."""
     return _LINE_BREAKS.sub(" ", text).strip()
 
 
 def _environment(loader: FileSystemLoader, *, autoescape: bool) -> LimitedSandbox:
-    return LimitedSandbox(loader, autoescape=autoescape, finalize=_blank_none)
+    env = LimitedSandbox(loader, autoescape=autoescape, finalize=_blank_none)
+    env.filters["full_stop"] = full_stop
+    return env
 
 
 def _missing_opt_out(html: str, html_text: str, text: str | None, *, postal: str) -> str | None:
@@ -289,14 +299,18 @@ def _missing_opt_out(html: str, html_text: str, text: str | None, *, postal: str
     link = re.compile(r"<a\b[^>]*\bhref\s*=\s*[\"']?" + re.escape(SAMPLE_UNSUBSCRIBE_URL), re.IGNORECASE)
     if not link.search(html):
         return 'the HTML part has no unsubscribe link (<a href="{{ unsubscribe_url }}">)'
-    if postal not in html_text:
+    if _words(postal) not in _words(html_text):
         return "the HTML part does not show the sender's postal address ({{ postal_address }})"
     text = html_text if text is None else text
     if SAMPLE_UNSUBSCRIBE_URL not in text:
         return "the text part has no unsubscribe link ({{ unsubscribe_url }})"
-    if postal not in text:
+    if _words(postal) not in _words(text):  # a wrapped text part may break the address across lines
         return "the text part does not show the sender's postal address ({{ postal_address }})"
     return None
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _blank_none(value: Any) -> Any:

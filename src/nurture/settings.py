@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     scoring_file: Path = Path("scoring.yaml")
     reps_file: Path = Path("reps.yaml")
     secret_key: SecretStr | None = None
-    base_url: str = "http://127.0.0.1:8000"
+    base_url: str = Field(default_factory=lambda: default_base_url())  # see listening_on
     alert_urls: str = ""
     postal_address: str | None = None
     dry_run: bool = False
@@ -99,6 +99,30 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    def listening_on(self, host: str, port: int) -> Settings:
+        """These settings for a process whose web listens on `host`:`port` (`nurture run`, `nurture web`).
+
+        Unless NURTURE_BASE_URL is set, links then point where the web really is (`default_base_url`).
+        """
+        if "base_url" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"base_url": default_base_url(host, port)})
+
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+# A web listening on every address is reached, from this machine, at the loopback one.
+_LOOPBACK_FOR: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def default_base_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """The base URL of a web listening on `host`:`port` when NURTURE_BASE_URL is unset: `http://host:port`.
+
+    A wildcard host (`0.0.0.0`, `::`) becomes its loopback address, and an IPv6 address is bracketed.
+    """
+    host = _LOOPBACK_FOR.get(host.strip("[]"), host.strip("[]"))
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nurture.core.campaign import Campaign, parse_campaign
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, LeadProfile, template_context
 from nurture.errors import CampaignError, TemplateError
-from nurture.render import TemplateRenderer, one_line
+from nurture.render import TemplateRenderer, html_to_text, one_line
 
 UNSUBSCRIBE_URL = "https://track.example/u/tok3n?a=1&b=2"
 
@@ -316,3 +319,115 @@ def test_check_templates_reports_every_problem_of_every_step(build: Build) -> No
         (9, "step two"),
         (1, "syntax error"),
     ]
+
+
+# --- the text part derived from HTML ------------------------------------------------------------------------
+
+WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=14)
+URLS = st.builds(
+    "https://{}.example/{}".format,
+    st.text(alphabet="abcdefghij", min_size=1, max_size=12),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_/=?&", max_size=140),
+)
+# A paragraph is a list of items: a word, or a link (its words and its URL).
+ITEMS = st.one_of(WORDS, st.tuples(st.lists(WORDS, min_size=1, max_size=4), URLS))
+
+
+def _paragraph_html(items: list[str | tuple[list[str], str]]) -> str:
+    return " ".join(
+        escape(item) if isinstance(item, str) else f'<a href="{escape(item[1])}">{" ".join(item[0])}</a>'
+        for item in items
+    )
+
+
+def _is_single_token(line: str) -> bool:
+    return len(line.split()) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    paragraphs=st.lists(st.lists(ITEMS, min_size=1, max_size=40), min_size=1, max_size=6),
+    in_layout_table=st.booleans(),
+)
+def test_a_derived_text_part_is_wrapped_at_78_columns_with_whole_urls_and_words_in_order(
+    paragraphs: list[list[str | tuple[list[str], str]]], in_layout_table: bool
+) -> None:
+    body = "".join(f"<p>{_paragraph_html(items)}</p>" for items in paragraphs)
+    if in_layout_table:  # as email layouts are: a wide table whose cells the converter pads to one width
+        body = (
+            '<table width="600"><tr><td>' + "x" * 250 + "</td></tr>"
+            f"<tr><td>{body}</td></tr><tr><td>footer</td></tr></table>"
+        )
+    text = html_to_text(f"<html><body>{body}</body></html>")
+    lines = text.split("\n")
+    assert all(line == line.rstrip() for line in lines)
+    assert all(len(line) <= 78 or _is_single_token(line) for line in lines)
+    expected = [
+        token
+        for items in paragraphs
+        for item in items
+        for token in ([item] if isinstance(item, str) else [*item[0], item[1]])
+    ]
+    position = 0
+    for token in expected:  # each word, and each URL whole, after the one before it
+        found = text.find(token, position)
+        assert found >= 0, (token, text)
+        position = found + len(token)
+
+
+def test_render_step_wraps_a_derived_text_part_of_a_layout_table_without_trailing_spaces(
+    build: Build,
+) -> None:
+    long_url = (
+        "https://acme.example/webinars/exceptions-not-emails/recording?utm_source=nurture&utm_medium=email"
+    )
+    body = (
+        '<table width="600"><tr><td>Acme Flow</td><td>Workflow automation for operations teams</td></tr>'
+        f"<tr><td colspan=2><p>{'Whether you joined us live or could not make it, here it is. ' * 4}</p>"
+        f'<p><a href="{long_url}">Watch the recording</a></p></td></tr></table>'
+    )
+    renderer, campaign = build(body=body)
+
+    text = renderer.render_step("demo", "welcome", context_for(campaign)).text
+
+    lines = text.split("\n")
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert [line for line in lines if len(line) > 78 and not _is_single_token(line)] == []
+    assert long_url in text
+    assert UNSUBSCRIBE_URL in text
+    assert "\n\n\n" not in text
+    assert len(text) < 1000  # no padding: the words themselves are about 600 characters
+
+
+@pytest.mark.parametrize(
+    ("company", "sentence"),
+    [
+        ("Acme Ltda.", "on behalf of Acme Ltda. Three emails."),
+        ("Acme Inc", "on behalf of Acme Inc. Three emails."),
+        ("Yahoo!", "on behalf of Yahoo! Three emails."),
+        ("", "You registered. Three emails."),
+    ],
+)
+def test_the_full_stop_filter_never_prints_two_periods_after_a_company_name(
+    build: Build, company: str, sentence: str
+) -> None:
+    ending = (
+        "You registered{% if lead.company %} on behalf of {{ lead.company | full_stop }}"
+        "{% else %}.{% endif %} Three emails."
+    )
+    step = (
+        "  - {id: text, day: 1, subject: S, template: demo/welcome.html.j2, text_template: demo/t.txt.j2}\n"
+    )
+    renderer, campaign = build(
+        body=f"<p>{ending}</p>",
+        more_steps=step,
+        files={"demo/t.txt.j2": f"{ending}\n{{{{ unsubscribe_url }}}} {{{{ postal_address }}}}\n"},
+    )
+    lead = LeadProfile(email="x@example.com", company=company or None)
+
+    html_step = renderer.render_step("demo", "welcome", context_for(campaign, lead))
+    text_step = renderer.render_step("demo", "text", context_for(campaign, lead, step_index=1))
+
+    for part in (html_step.html, html_step.text, text_step.text):
+        assert sentence in part
+        assert ".." not in part

@@ -7,7 +7,9 @@ to a real aiosmtpd server.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,12 @@ import pytest
 from nurture.catalog import Catalog, load_catalog
 from nurture.core.context import SAMPLE_LEAD
 from nurture.core.engagement_script import EngagementScript, parse_script
+from nurture.core.feedback import delivery_id_of
 from nurture.errors import ConfigErrors, HeaderInjectionError, NurtureError
 from nurture.flows.deliver import Mailer
 from nurture.flows.preview import PreviewLead, as_test_copy, preview_step, send_test
 from nurture.flows.simulate import Simulation, sample_lead_row, simulate
+from nurture.transports.outbox import OutboxTransport
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
 from tests.fakes import RecordingTransport
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
@@ -199,6 +203,33 @@ async def test_a_test_send_reaches_only_the_test_inbox_marked_as_a_test(
     assert SAMPLE_LEAD.email not in received.data.decode()
 
 
+async def test_two_test_sends_of_one_step_are_two_outbox_files_with_distinct_message_ids(
+    project: Catalog, tmp_path: Path
+) -> None:
+    # Given the outbox transport of the embedded default
+    outbox = tmp_path / "outbox"
+    mailer = mailer_for(project, OutboxTransport(outbox))
+    shown = preview_step(
+        project.campaigns["mini"],
+        "hello",
+        PreviewLead(0, SAMPLE_LEAD),
+        mailer=mailer,
+        now=FRIDAY_EVENING_TAIPEI,
+        sign_links=False,
+    )
+    # When the same step is sent as a test twice
+    receipts = [await send_test(shown, "qa@acme.example", mailer=mailer) for _ in range(2)]
+    # Then there are two files, each under its own test Message-ID, neither a delivery's
+    files = sorted(outbox.glob("*.eml"))
+    ids = [BytesParser(policy=email.policy.default).parsebytes(f.read_bytes())["Message-ID"] for f in files]
+    assert len(files) == 2
+    assert sorted(ids) == sorted(r.message_id for r in receipts)
+    assert ids[0] != ids[1]
+    assert all(i.startswith("<test.") and i.endswith("@acme.example>") for i in ids)
+    assert shown.message.message_id not in ids
+    assert all(delivery_id_of(i, key=b"test-secret-key-0123456789") is None for i in ids)
+
+
 @pytest.mark.parametrize(
     "address", ["qa@acme.example\r\nBcc: all@acme.example", "a@b.example, c@d.example", "qa"]
 )
@@ -213,7 +244,7 @@ def test_a_test_copy_refuses_an_address_that_is_not_exactly_one_address(
         now=FRIDAY_EVENING_TAIPEI,
     )
     with pytest.raises(HeaderInjectionError):
-        as_test_copy(shown.message, address)
+        as_test_copy(shown.message, address, nonce="0f1e2d3c")
 
 
 def test_no_script_is_an_empty_script() -> None:

@@ -5,12 +5,18 @@
 
 from __future__ import annotations
 
+import email.policy
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from email.parser import BytesParser
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
@@ -224,3 +230,46 @@ def test_test_send_reaches_the_test_inbox_marked_and_the_lead_gets_no_touchpoint
     assert received["X-Nurture-Test"] == "1"
     shown = json.loads(ok(mini("lead", "show", "ana@example.com", "--format", "json")).stdout)
     assert [t["kind"] for t in shown["timeline"]] == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_run_on_another_port_without_a_base_url_sends_links_to_that_port(mini: Cli) -> None:
+    # Given a lead in Taipei, a clock at Monday 10:00 there, and no NURTURE_BASE_URL
+    (mini.cwd / "leads.csv").write_text(
+        "email,timezone,grade\nmei@example.com,Asia/Taipei,nurturable\n", encoding="utf-8"
+    )
+    ok(mini("leads", "import", "leads.csv"))
+    (mini.cwd / "now.txt").write_text("2026-03-02T02:00:00Z", encoding="utf-8")
+    port = _free_port()
+    outbox = mini.cwd / "var" / "outbox"
+    # When `nurture run --port N` runs until the day-0 email is in the outbox
+    env = mini.env | {"NURTURE_CLOCK_FILE": str(mini.cwd / "now.txt"), "NURTURE_TICK_INTERVAL_S": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "nurture", "run", "--port", str(port)],
+        cwd=mini.cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as service:
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while not list(outbox.glob("*.eml")) and service.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        finally:
+            service.send_signal(signal.SIGINT)
+            _, stderr = service.communicate(timeout=TIMEOUT_S)
+    # Then the web answers on that port, and the email's links point to it
+    assert health.json() == {"status": "ok"}, stderr
+    [sent] = outbox.glob("*.eml")
+    message = BytesParser(policy=email.policy.default).parsebytes(sent.read_bytes())
+    assert str(message["List-Unsubscribe"]).startswith(f"<http://127.0.0.1:{port}/u/")
+    html = message.get_body(preferencelist=("html",))
+    assert html is not None
+    assert f'href="http://127.0.0.1:{port}/t/c/' in html.get_content()

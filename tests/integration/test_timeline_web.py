@@ -29,6 +29,7 @@ from sqlalchemy import select
 from nurture.clock import FrozenClock
 from nurture.core.tracking import session_token
 from nurture.db.migrate import upgrade
+from nurture.db.queries.apikeys import insert_api_key
 from nurture.db.queries.tables import leads
 from nurture.flows.engage import InboundEvent, record_event, record_events
 from nurture.flows.escalate import rescore
@@ -350,6 +351,107 @@ async def test_login_link_command_prints_a_link_to_the_lead(web: Web) -> None:
     unknown = await asyncio.to_thread(web.nurture, "login-link", "--key", "0badc0de")
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "error: no active API key with prefix '0badc0de'"
+
+
+async def test_login_link_takes_the_key_as_apikey_list_shows_it_and_lands_on_the_dashboard(web: Web) -> None:
+    # Given a key, named the way `nurture apikey list` shows it
+    await web.key("lin")
+    listed = await asyncio.to_thread(web.nurture, "apikey", "list")
+    shown = listed.stdout.split()[0]
+    assert re.fullmatch(r"nk_[0-9a-f]{8}_\.\.\.", shown), listed.stdout
+    # When a login link is made with it and no --lead, and a browser follows the link
+    made = await asyncio.to_thread(web.nurture, "login-link", "--key", shown, "--format", "json")
+    assert made.returncode == 0, made.stderr
+    url = urlsplit(json.loads(made.stdout)["url"])
+    landed = await web.client.get(f"{url.path}?{url.query}", headers=BROWSER)
+    # Then it signs in and lands on the dashboard, which answers
+    assert (landed.status_code, landed.headers["location"]) == (303, "/dashboard")
+    dashboard = await web.client.get("/dashboard", headers=BROWSER)
+    assert dashboard.status_code == 200
+    assert '<h1 id="funnel">Funnel</h1>' in dashboard.text
+
+
+async def test_login_link_takes_a_unique_start_of_a_prefix_and_refuses_an_ambiguous_or_unknown_one(
+    web: Web,
+) -> None:
+    # Given two keys whose prefixes start alike (made through the query, to choose the prefixes)
+    async with web.runtime.db.transaction() as conn:
+        for prefix in ("abcd0001", "abcd0002"):
+            await insert_api_key(conn, name=prefix, prefix=prefix, key_hash="0" * 64, now=START)
+
+    def login_link(key: str) -> subprocess.CompletedProcess[str]:
+        return web.nurture("login-link", "--key", key, "--next", "/dashboard?days=7", "--format", "json")
+
+    made, ambiguous, unknown, malformed = await asyncio.gather(
+        *(asyncio.to_thread(login_link, k) for k in ("abcd0002", "abcd", "nk_0badc0de_...", "nk_abc"))
+    )
+    assert made.returncode == 0, made.stderr
+    data = json.loads(made.stdout)
+    assert data["key_prefix"] == "abcd0002"
+    assert parse_qs(urlsplit(data["url"]).query) == {"next": ["/dashboard?days=7"]}
+    for result, reason in (
+        (
+            ambiguous,
+            "error: prefix 'abcd' is ambiguous: it starts nk_abcd0001, nk_abcd0002; give more digits",
+        ),
+        (unknown, "error: no active API key with prefix '0badc0de'"),
+        (malformed, "error: 'nk_abc' is not an API key prefix (such as nk_1d9f231d, as `apikey list` shows)"),
+    ):
+        assert (result.returncode, result.stderr.strip()) == (1, reason)
+
+
+HOSTILE_NEXT = [
+    "https://evil.example/",
+    "http://evil.example/leads/1",
+    "HTTPS://evil.example",
+    "//evil.example",
+    "///evil.example",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "\\/evil.example",
+    "/..//evil.example",
+    "/%2e%2e//evil.example",
+    "/leads/../../evil.example",
+    "javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "evil.example",
+    "leads/1",
+    " /leads/1",
+    "/leads/1 ",
+    "/\tevil.example",
+    "/\r\nLocation: https://evil.example",
+    "/\x00",
+    "/le\u2028ads",
+    "/\uff0f\uff0fevil.example",
+    "",
+    "/" + "a" * 2001,
+]
+
+
+@pytest.mark.parametrize("next_path", HOSTILE_NEXT)
+async def test_a_login_link_refuses_a_next_that_is_not_a_path_on_this_site(web: Web, next_path: str) -> None:
+    with pytest.raises(ValueError, match="is not a path on this site"):
+        await issue_login_link(
+            web.runtime.db,
+            await web.key(),
+            base_url=web.base_url,
+            key=SECRET.encode(),
+            now=START,
+            next_path=next_path,
+        )
+
+
+async def test_login_link_command_refuses_a_hostile_next_or_next_with_lead_in_one_line(web: Web) -> None:
+    prefix = (await web.key()).split("_")[1]
+    hostile, both = await asyncio.gather(
+        asyncio.to_thread(web.nurture, "login-link", "--key", prefix, "--next", "//evil.example/x"),
+        asyncio.to_thread(web.nurture, "login-link", "--key", prefix, "--next", "/dashboard", "--lead", "7"),
+    )
+    assert (hostile.returncode, hostile.stderr.strip()) == (
+        1,
+        "error: --next: '//evil.example/x' is not a path on this site (such as /leads/42)",
+    )
+    assert (both.returncode, both.stderr.strip()) == (1, "error: give --lead ID or --next PATH, not both")
 
 
 # --- the lead page ------------------------------------------------------------------------------------------

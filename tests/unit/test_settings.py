@@ -9,7 +9,7 @@ import pytest
 
 from nurture.errors import ConfigError
 from nurture.runtime import build_runtime
-from nurture.settings import Settings, load_settings, redact_url
+from nurture.settings import Settings, default_base_url, load_settings, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +20,34 @@ def test_settings_with_nothing_configured_are_the_embedded_default(monkeypatch: 
     assert settings.is_embedded
     assert settings.effective_database_url == "sqlite+aiosqlite:///var/nurture.db"
     assert settings.smtp_url is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "base_url"),
+    [
+        ("127.0.0.1", 8000, "http://127.0.0.1:8000"),
+        ("127.0.0.1", 8001, "http://127.0.0.1:8001"),
+        ("0.0.0.0", 9000, "http://127.0.0.1:9000"),
+        ("localhost", 8080, "http://localhost:8080"),
+        ("::", 8001, "http://[::1]:8001"),
+        ("::1", 8001, "http://[::1]:8001"),
+        ("[2001:db8::5]", 80, "http://[2001:db8::5]:80"),
+        ("nurture.internal", 443, "http://nurture.internal:443"),
+    ],
+)
+def test_the_default_base_url_follows_the_host_and_port_the_web_listens_on(
+    monkeypatch: pytest.MonkeyPatch, host: str, port: int, base_url: str
+) -> None:
+    monkeypatch.chdir(ROOT / "tests")  # no .env here
+    monkeypatch.delenv("NURTURE_BASE_URL", raising=False)
+    assert default_base_url(host, port) == base_url
+    assert load_settings().listening_on(host, port).base_url == base_url
+
+
+def test_a_base_url_that_is_set_is_kept_whatever_the_web_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT / "tests")
+    monkeypatch.setenv("NURTURE_BASE_URL", "https://track.acme.example/")
+    assert load_settings().listening_on("0.0.0.0", 8001).base_url == "https://track.acme.example"
 
 
 @pytest.mark.parametrize("secret", [None, "short"])

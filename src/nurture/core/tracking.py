@@ -44,6 +44,7 @@ MAX_TOKEN_CHARS: Final = 4096  # longer input is refused before any decoding wor
 _TOKEN_CONTEXT: Final = b"nurture.token.v1\x00"
 _MESSAGE_ID_CONTEXT: Final = b"nurture.message-id.v1\x00"
 _DOMAIN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
+_NONCE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 TrackingPayload = dict[str, str | int]
 
@@ -113,6 +114,11 @@ def unsubscribe_url(base_url: str, *, lead_id: int, delivery_id: int | None, key
     return f"{base_url.rstrip('/')}/u/{sign_token(payload, key=key)}"
 
 
+def _check_domain(domain: str) -> None:
+    if not domain or not set(domain) <= _DOMAIN_CHARS or domain.startswith(".") or ".." in domain:
+        raise ValueError(f"not a usable Message-ID domain: {domain!r}")
+
+
 def message_id_for(delivery_id: int, *, domain: str, key: bytes) -> str:
     """Return the Message-ID of a delivery: `<d{id}.{tag}@{domain}>`.
 
@@ -120,11 +126,23 @@ def message_id_for(delivery_id: int, *, domain: str, key: bytes) -> str:
     from being guessed, or collided with, by another.
     """
     _check_key(key)
-    if not domain or not set(domain) <= _DOMAIN_CHARS or domain.startswith(".") or ".." in domain:
-        raise ValueError(f"not a usable Message-ID domain: {domain!r}")
+    _check_domain(domain)
     mac = hmac.new(key, _MESSAGE_ID_CONTEXT + str(delivery_id).encode("ascii"), hashlib.sha256).digest()
     # hex, not base64: some mail systems compare Message-IDs case-insensitively
     return f"<d{delivery_id}.{mac[:8].hex()}@{domain}>"
+
+
+def message_id_for_test_copy(nonce: str, *, domain: str) -> str:
+    """Return the Message-ID of one test send: `<test.{nonce}@{domain}>`, given a fresh `nonce` each time.
+
+    A test send has no delivery, so its id cannot be derived from one: each copy gets its own, or the
+    outbox would overwrite the last one and a mailbox could drop a repeat as a duplicate. The `test.`
+    marker can never parse as a delivery's `d{id}.{tag}`, so a complaint about a test copy names no delivery.
+    """
+    _check_domain(domain)
+    if not nonce or not set(nonce) <= _NONCE_CHARS:
+        raise ValueError(f"a test Message-ID nonce is letters and digits: {nonce!r}")
+    return f"<test.{nonce}@{domain}>"
 
 
 # --- tracking links -------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """One campaign step for one lead, built exactly as the worker builds it, to preview or to send as a test.
 
 Both go through `flows.deliver.build_message`, so the subject, HTML (tracking links and pixel included), text
-and headers are the ones the lead would get. A test send is marked (`[TEST] ` subject, `X-Nurture-Test: 1`)
-and records nothing: no delivery, no touchpoint, nothing a report counts.
+and headers are the ones the lead would get. A test send is marked (`[TEST] ` subject, `X-Nurture-Test: 1`),
+has a Message-ID of its own each time, and records nothing: no delivery, no touchpoint, nothing a report
+counts.
 """
 
 from __future__ import annotations
 
 import email.policy
 import logging
+import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.message import EmailMessage
@@ -19,6 +21,7 @@ from nurture.core.branching import choose_variant
 from nurture.core.campaign import Campaign, Step
 from nurture.core.context import LeadProfile
 from nurture.core.lead import Lead
+from nurture.core.tracking import message_id_for_test_copy
 from nurture.db.queries.deliveries import SendJob
 from nurture.errors import HeaderInjectionError, NurtureError
 from nurture.flows.deliver import Mailer, build_message
@@ -122,27 +125,32 @@ async def send_test(preview: Preview, to_address: str, *, mailer: Mailer) -> Sen
     Raises:
         SendError: the transport refused it; HeaderInjectionError: a bad address.
     """
-    copy = as_test_copy(preview.message, to_address)
+    copy = as_test_copy(preview.message, to_address, nonce=secrets.token_hex(8))
     receipt = await mailer.transport.send(copy)
     log.info("test_sent campaign=%s step=%s", preview.campaign_id, preview.step_id)
     return receipt
 
 
-def as_test_copy(message: OutgoingEmail, to_address: str) -> OutgoingEmail:
-    """`message` readdressed to `to_address` alone, its subject prefixed `[TEST] `, `X-Nurture-Test: 1` added.
+def as_test_copy(message: OutgoingEmail, to_address: str, *, nonce: str) -> OutgoingEmail:
+    """`message` readdressed to `to_address` alone, its subject prefixed `[TEST] `, `X-Nurture-Test: 1` added,
+    under a Message-ID of its own made from `nonce` (`core.tracking.message_id_for_test_copy`).
 
     Raises:
         HeaderInjectionError: `to_address` holds a line break or is not one address.
     """
     if any(ch in to_address for ch in "\r\n\0,;") or "@" not in to_address:
         raise HeaderInjectionError(f"--to: {to_address!r} is not one email address")
+    domain = message.message_id.strip("<>").rpartition("@")[2]
+    message_id = message_id_for_test_copy(nonce, domain=domain)
     parsed = BytesParser(policy=email.policy.SMTP).parsebytes(message.data)
     subject = str(parsed["Subject"] or "")
-    del parsed["To"], parsed["Subject"], parsed[TEST_HEADER]
+    del parsed["To"], parsed["Subject"], parsed["Message-ID"], parsed[TEST_HEADER]
     parsed["To"] = to_address
     parsed["Subject"] = TEST_SUBJECT_PREFIX + subject
+    parsed["Message-ID"] = message_id
     parsed[TEST_HEADER] = "1"
-    return replace(message, recipients=(to_address,), data=parsed.as_bytes(policy=email.policy.SMTP))
+    data = parsed.as_bytes(policy=email.policy.SMTP)
+    return replace(message, message_id=message_id, recipients=(to_address,), data=data)
 
 
 def _job(campaign: Campaign, step: Step, lead: PreviewLead, now: datetime) -> SendJob:

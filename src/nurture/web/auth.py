@@ -22,12 +22,16 @@ from nurture.db.engine import Database
 from nurture.db.queries.apikeys import (
     StoredApiKey,
     fetch_active_api_key,
+    fetch_active_api_keys_starting,
     fetch_api_keys,
     insert_api_key,
     revoke_api_key,
 )
 
 _KEY: Final = re.compile(r"nk_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
+# How an operator names a key: as `nurture apikey list` shows it (`nk_1d9f231d_...`), without the tail
+# (`nk_1d9f231d`), bare (`1d9f231d`), or by its first digits (`1d9f`), as long as they name one key.
+_REFERENCE: Final = re.compile(r"(?:nk_)?([0-9a-f]{4,8})(?:_(?:\.\.\.|\u2026)?)?")
 MAX_NAME_CHARS: Final = 100
 
 
@@ -46,6 +50,38 @@ def key_prefix(key: str) -> str | None:
     """The prefix of a well-formed key, or None for anything else."""
     match = _KEY.fullmatch(key)
     return match.group(1) if match else None
+
+
+def key_reference(text: str) -> str:
+    """The prefix, or the start of one, that `text` names a key by: a whole key, `nk_1d9f231d_...` as
+    `nurture apikey list` shows it, `nk_1d9f231d`, `1d9f231d`, or 4 to 8 of its first digits.
+
+    Raises:
+        ValueError: `text` is none of these.
+    """
+    text = text.strip()
+    match = _REFERENCE.fullmatch(text.lower())
+    prefix = key_prefix(text) or (match.group(1) if match else None)
+    if prefix is None:
+        raise ValueError(f"{text!r} is not an API key prefix (such as nk_1d9f231d, as `apikey list` shows)")
+    return prefix
+
+
+async def find_active_key(db: Database, reference: str) -> StoredApiKey:
+    """The one unrevoked key that `reference` names (see `key_reference`).
+
+    Raises:
+        ValueError: `reference` is not a prefix, no active key has it, or it is the start of several.
+    """
+    start = key_reference(reference)
+    async with db.transaction() as conn:
+        found = await fetch_active_api_keys_starting(conn, start, limit=5)
+    if not found:
+        raise ValueError(f"no active API key with prefix {start!r}")
+    if len(found) > 1:
+        names = ", ".join(f"nk_{k.prefix}" for k in found)
+        raise ValueError(f"prefix {start!r} is ambiguous: it starts {names}; give more digits")
+    return found[0]
 
 
 async def issue_api_key(db: Database, *, name: str, now: datetime) -> IssuedApiKey:

@@ -22,16 +22,16 @@ from nurture.db.engine import Database
 from nurture.db.queries.apikeys import (
     StoredApiKey,
     claim_login_link,
-    fetch_active_api_key,
     fetch_active_api_key_by_id,
 )
 from nurture.errors import TrackingTokenError
-from nurture.web.auth import key_prefix
+from nurture.web.auth import find_active_key
 
 SESSION_TTL: Final = timedelta(hours=12)
 LOGIN_LINK_TTL: Final = timedelta(minutes=15)
 LOGIN_LINK_MAX_TTL: Final = timedelta(hours=24)
 HOME: Final = "/"
+LOGIN_LINK_LANDING: Final = "/dashboard"  # where a login link lands without `next`: a rep's first page
 MAX_NEXT_CHARS: Final = 2000
 
 
@@ -84,25 +84,24 @@ async def issue_login_link(
     ttl: timedelta = LOGIN_LINK_TTL,
     next_path: str | None = None,
 ) -> IssuedLoginLink:
-    """Make a one-time link that signs a browser in with the active key `api_key` (its prefix, or whole).
+    """Make a one-time link that signs a browser in with the active key `api_key` (named as `apikey list`
+    shows it, by its prefix, or whole: `web.auth.key_reference`) and lands on `next_path`, by default the
+    dashboard.
 
     Raises:
-        ValueError: no active key has that prefix, `ttl` is not between a minute and LOGIN_LINK_MAX_TTL, or
-            `next_path` is not a local path.
+        ValueError: no active key, or several, have that prefix; `ttl` is not between a minute and
+            LOGIN_LINK_MAX_TTL; or `next_path` is not a local path.
     """
     if not timedelta(minutes=1) <= ttl <= LOGIN_LINK_MAX_TTL:
         raise ValueError(f"a login link lasts from 1 minute to {LOGIN_LINK_MAX_TTL}")
-    if next_path is not None and local_path(next_path) != next_path:
-        raise ValueError(f"{next_path!r} is not a path on this site")
-    prefix = key_prefix(api_key) or api_key
-    async with db.transaction() as conn:
-        stored = await fetch_active_api_key(conn, prefix)
-    if stored is None:
-        raise ValueError(f"no active API key with prefix {prefix!r}")
+    next_path = LOGIN_LINK_LANDING if next_path is None else next_path
+    if local_path(next_path) != next_path:
+        raise ValueError(f"{next_path!r} is not a path on this site (such as /leads/42)")
+    stored = await find_active_key(db, api_key)
     expires_at = now + ttl
     token = login_link_token(stored.id, expires_at=expires_at, nonce=secrets.token_urlsafe(16), key=key)
-    query = f"?{urlencode({'next': next_path})}" if next_path else ""
-    return IssuedLoginLink(f"{base_url.rstrip('/')}/login/{token}{query}", stored.prefix, expires_at)
+    query = urlencode({"next": next_path})
+    return IssuedLoginLink(f"{base_url.rstrip('/')}/login/{token}?{query}", stored.prefix, expires_at)
 
 
 async def redeem_login_link(db: Database, token: str, *, key: bytes, now: datetime) -> StoredApiKey | None:
@@ -124,12 +123,17 @@ def local_path(value: str | None) -> str:
     """`value` when it is a path on this site (`/leads/42?before=7`), else HOME: never an open redirect.
 
     Refused: anything not starting with a single "/" (`//evil.example` and `/\\evil.example` are other
-    hosts to a browser; `https://...` is absolute), and anything with a space, control or non-ASCII character.
+    hosts to a browser; `https://...` is absolute), anything with a space, control or non-ASCII character,
+    and a path with `.` or `..` segments (`/..//evil.example` resolves to `//evil.example`; `%2e` counts).
     """
     if not value or len(value) > MAX_NEXT_CHARS or not value.isascii():
         return HOME
     if not value.startswith("/") or value.startswith("//") or "\\" in value:
         return HOME
     if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in value):
+        return HOME
+    path = value.split("?", 1)[0].split("#", 1)[0]
+    # WHATWG URL parsing reads `%2e` in a segment as a dot too
+    if any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/")):
         return HOME
     return value

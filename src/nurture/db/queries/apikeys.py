@@ -57,6 +57,19 @@ async def fetch_active_api_key(conn: AsyncConnection, prefix: str) -> StoredApiK
     return None if row is None else StoredApiKey(**row._mapping)
 
 
+async def fetch_active_api_keys_starting(
+    conn: AsyncConnection, start: str, *, limit: int
+) -> list[StoredApiKey]:
+    """Up to `limit` unrevoked keys whose prefix starts with `start`, oldest first."""
+    stmt = (
+        select(api_keys)
+        .where(api_keys.c.prefix.startswith(start, autoescape=True), api_keys.c.revoked_at.is_(None))
+        .order_by(api_keys.c.id)
+        .limit(limit)
+    )
+    return [StoredApiKey(**row._mapping) for row in await conn.execute(stmt)]
+
+
 async def fetch_api_keys(conn: AsyncConnection) -> list[StoredApiKey]:
     """Every key, revoked ones included, oldest first."""
     rows = await conn.execute(select(api_keys).order_by(api_keys.c.id))
