@@ -14,8 +14,9 @@ Rules (README "Leads" repeats them):
 * A record whose field count differs from the header's is a row error.
 * A record containing a NUL byte is a row error.
 * A quoted field may run over line breaks (a multi-line address). It may not swallow rows: a record whose
-  quote is never closed (end of file), or closed by a stray quote, or whose continuation lines include one
-  that on its own is a whole row (the header's field count), is a row error at the line the quote opened on;
+  quote is never closed (end of file), or closed by a stray quote, or that has the wrong field count, or one
+  of whose later lines is on its own a whole row (balanced quotes, the header's field count; the line that
+  closes a real multi-line value has an odd number of quotes), is a row error at the line the quote opened on;
   the lines after that one are then read again as records of their own, so the rows it had swallowed go in.
 """
 
@@ -104,31 +105,52 @@ class CsvInput:
             if not fields:
                 continue  # a blank line
             row += 1
-            line = record[0][0]
-            if len(record) > 1 and (problem := self._swallowed(width)):
-                yield CsvRowError(row, line, problem)
-            elif "\0" in record[0][1] or (len(record) > 1 and any("\0" in text for _, text in record)):
-                yield CsvRowError(row, line, "contains a NUL byte")
+            if len(record) > 1:
+                yield self._multi_line(row, fields)
+            elif "\0" in record[0][1]:
+                yield CsvRowError(row, record[0][0], "contains a NUL byte")
             elif len(fields) != width:
-                yield CsvRowError(row, line, f"has {len(fields)} fields, the header has {width}")
+                yield CsvRowError(row, record[0][0], f"has {len(fields)} fields, the header has {width}")
             else:
-                yield CsvRow(row, line, dict(zip(header, fields, strict=True)))
+                yield CsvRow(row, record[0][0], dict(zip(header, fields, strict=True)))
 
-    def _swallowed(self, width: int) -> str | None:
-        """A reason if a line inside this multi-line record is a whole row of its own (the lines after the
-        first are then read again), else None."""
-        record = self._lines.record
-        if width < 2:
-            return None
-        for number, text in record[1:]:
-            if len(next(csv.reader([text], delimiter=self.delimiter), [])) == width:
+    def _multi_line(self, row: int, fields: list[str]) -> CsvRow | CsvRowError:
+        """A record over several lines: a quoted value with line breaks, or a quote that swallowed rows.
+
+        It is the latter when one of its later lines is on its own a whole row, or when the record has the
+        wrong field count; then the lines after its first are read again as records of their own."""
+        record, width = self._lines.record, len(self.header)
+        start, end = record[0][0], record[-1][0]
+        for number, text in record[1:] if width > 1 else ():
+            if self._is_whole_row(text, width):
                 self._lines.read_again(record[1:])
-                start = record[0][0]
-                return (
+                return CsvRowError(
+                    row,
+                    start,
                     f"a quote opened on line {start} is not closed before line {number}, which is a whole "
-                    f"row ({width} fields) of its own; the lines after line {start} are read again"
+                    f"row ({width} fields) of its own; the lines after line {start} are read again",
                 )
-        return None
+        if len(fields) != width:
+            self._lines.read_again(record[1:])
+            return CsvRowError(
+                row,
+                start,
+                f"has {len(fields)} fields, the header has {width} (a quote opened on line {start} runs "
+                f"on to line {end}: is it not closed?); the lines after line {start} are read again",
+            )
+        if any("\0" in text for _, text in record):
+            return CsvRowError(row, start, f"contains a NUL byte (the row runs from line {start} to {end})")
+        return CsvRow(row, start, dict(zip(self.header, fields, strict=True)))
+
+    def _is_whole_row(self, text: str, width: int) -> bool:
+        """Whether one line is a well-formed row of the header's width on its own: balanced quotes (the line
+        that closes a multi-line value has an odd number), strict CSV, `width` fields."""
+        if text.count('"') % 2:
+            return False
+        try:
+            return len(next(csv.reader([text], delimiter=self.delimiter, strict=True), [])) == width
+        except csv.Error:
+            return False
 
     def _bad_quote(self, row: int, detail: str) -> CsvRowError:
         record = self._lines.record
