@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -233,7 +234,7 @@ def table(min_rows: int = 1) -> st.SearchStrategy[list[list[str]]]:
     return st.lists(st.lists(CELL, min_size=len(HEADER), max_size=len(HEADER)), min_size=min_rows, max_size=8)
 
 
-def serialise(data: list[list[str]], quoting: int = csv.QUOTE_MINIMAL) -> list[str]:
+def serialise(data: list[list[str]], quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> list[str]:
     """Each row as csv.writer writes it (the header first)."""
     out = []
     for row in [list(HEADER), *data]:
