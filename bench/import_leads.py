@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import tempfile
 import time
@@ -40,6 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from nurture.core.lead import RowError, normalise_row
+from nurture.csv_input import CsvRowError, lead_rows, open_csv
 from nurture.db.engine import Database
 from nurture.flows.ingest import import_leads
 
@@ -57,7 +57,9 @@ class ImportRun:
         return rows / self.seconds
 
 
-async def _timed_import(url: str, rows: Iterable[Mapping[str, str | None]], batch_size: int) -> ImportRun:
+async def _timed_import(
+    url: str, rows: Iterable[Mapping[str, str | None] | RowError], batch_size: int
+) -> ImportRun:
     db = Database(url)
     try:
         async with db.transaction() as conn:  # connect before the clock starts
@@ -76,10 +78,10 @@ async def _timed_import(url: str, rows: Iterable[Mapping[str, str | None]], batc
 
 
 def import_file(url: str, path: Path, batch_size: int) -> ImportRun:
-    # Opened as the CLI opens it; the reader is consumed lazily inside the timed import.
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    # Opened as the CLI opens it (the whole-file check runs here); the rows stream inside the timed import.
+    with open_csv(path) as source:
         try:
-            return asyncio.run(_timed_import(url, csv.DictReader(handle), batch_size))
+            return asyncio.run(_timed_import(url, lead_rows(source), batch_size))
         except SQLAlchemyError as exc:
             reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).splitlines()[0]
             raise SystemExit(f"import failed on {url.partition(':')[0]}: {reason}") from None
@@ -105,12 +107,15 @@ def run_sqlite(path: Path, folder: Path, batch_size: int) -> ImportRun:
 
 
 def run_normalise_only(path: Path) -> float:
-    """Seconds to parse the CSV and validate every row in the core, with no database."""
+    """Seconds to check and parse the CSV (as the CLI reads it) and validate every row in the core, with no
+    database."""
     started = time.perf_counter()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            if isinstance(normalise_row(row, row_number=number), RowError):
-                raise RuntimeError(f"row {number} was rejected")
+    with open_csv(path) as source:
+        for item in source:
+            if isinstance(item, CsvRowError) or isinstance(
+                normalise_row(item.values, row_number=item.row), RowError
+            ):
+                raise RuntimeError(f"row {item.row} was rejected")
     return time.perf_counter() - started
 
 

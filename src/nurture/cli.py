@@ -25,6 +25,7 @@ from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.lead import RowError, normalise_email
 from nurture.core.tracking import share_url
+from nurture.csv_input import lead_rows, open_csv
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
 from nurture.db.queries.apikeys import StoredApiKey
@@ -257,8 +258,6 @@ def leads_import(
     with _reported():
         stages = _stage_policy(allow_stage_downgrade, stage_reason)
         settings = _settings()
-        if not file.is_file():
-            raise NurtureError(f"{file}: no such file")
         report = asyncio.run(_import(settings, file, stages))
         if rejects is not None:
             _write_rejects(rejects, report)
@@ -277,32 +276,21 @@ def _stage_policy(allow_downgrade: bool, reason: str | None) -> StagePolicy:
 
 
 async def _import(settings: Settings, file: Path, stages: StagePolicy) -> ImportReport:
-    db = Database(settings.effective_database_url)
-    try:
-        if settings.is_embedded:
-            await upgrade(db)
-        total = _count_rows(file)  # also refuses a file that is not UTF-8, before anything goes in
-        with file.open(newline="", encoding="utf-8-sig") as handle, _progress(total) as advance:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-                raise NurtureError(f"{file}:1: the header has no `email` column")
-            return await import_leads(db, reader, now=datetime.now(UTC), on_progress=advance, stages=stages)
-    finally:
-        await db.aclose()
-
-
-def _count_rows(file: Path) -> int:
-    """Count the data lines, checking on the way that every line is UTF-8."""
-    lines = 0
-    with file.open("rb") as handle:
-        for lines, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise NurtureError(
-                    f"{file}:{lines}: not UTF-8 ({exc.reason} at column {exc.start + 1}); nothing imported"
-                ) from None
-    return max(lines - 1, 0)
+    # The reader checks the whole file (encoding, header) before anything goes in, then streams its rows.
+    with open_csv(file) as source:
+        source.require_column("email")
+        for note in source.notes:
+            err.print(f"note: {file}: {note}", markup=False, highlight=False)
+        db = Database(settings.effective_database_url)
+        try:
+            if settings.is_embedded:
+                await upgrade(db)
+            with _progress(max(source.lines - 1, 0)) as advance:
+                return await import_leads(
+                    db, lead_rows(source), now=datetime.now(UTC), on_progress=advance, stages=stages
+                )
+        finally:
+            await db.aclose()
 
 
 @contextmanager

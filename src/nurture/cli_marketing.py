@@ -6,7 +6,6 @@ Registered on `nurture.cli.app` when `nurture.cli` imports this module.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import tempfile
@@ -27,6 +26,7 @@ from nurture.core.campaign import Campaign
 from nurture.core.campaign_tests import CampaignCase, check, observed_from, parse_cases
 from nurture.core.context import SAMPLE_LEAD
 from nurture.core.engagement_script import EngagementScript, parse_script
+from nurture.csv_input import CsvRowError, open_csv
 from nurture.errors import ConfigError, ConfigErrors, NurtureError
 from nurture.flows.deliver import Mailer
 from nurture.flows.explain import find_lead
@@ -253,20 +253,15 @@ def _quiet_flows() -> None:
 
 
 def _read_leads(path: Path) -> list[dict[str, str | None]]:
-    if not path.is_file():
-        raise NurtureError(f"{path}: no such file")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-                raise NurtureError(f"{path}:1: the header has no `email` column")
-            rows: list[dict[str, str | None]] = []
-            for row in reader:
-                rows.append(dict(row))
-                if len(rows) > MAX_SIMULATED_LEADS:
-                    raise NurtureError(f"{path}: simulate at most {MAX_SIMULATED_LEADS} leads at a time")
-    except UnicodeDecodeError as exc:
-        raise NurtureError(f"{path}: not UTF-8 ({exc.reason})") from None
+    rows: list[dict[str, str | None]] = []
+    with open_csv(path) as source:
+        source.require_column("email")
+        for item in source:
+            if isinstance(item, CsvRowError):
+                raise NurtureError(f"{path}:{item.line}: lead row {item.row}: {item.reason}")
+            rows.append(dict(item.values))
+            if len(rows) > MAX_SIMULATED_LEADS:
+                raise NurtureError(f"{path}: simulate at most {MAX_SIMULATED_LEADS} leads at a time")
     if not rows:
         raise NurtureError(f"{path}: no leads in the file")
     return rows

@@ -6,6 +6,7 @@
     - TemplateError
   + DatabaseUnavailableError  the database cannot be reached (URL shown without its password)
   + InputError             a rejected lead row or API payload; carries row or field
+    - CsvFileError         a CSV file that cannot be read as a whole; carries source and line
   + SendError              raised by transports only
     - TransientSendError   4xx, timeout, disconnect: retried with backoff
     - PermanentSendError   5xx: recorded, address suppressed, never retried
@@ -58,6 +59,17 @@ class InputError(NurtureError):
         where += f"{field}: " if field else ""
         super().__init__(f"{where}{message}")
         self.row, self.field, self.reason = row, field, message
+
+
+class CsvFileError(InputError):
+    """A CSV file is refused as a whole (empty, a folder, undecodable, a bad header): `file:line: reason`."""
+
+    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
+        NurtureError.__init__(
+            self, f"{source}:{line}: {message}" if line is not None else f"{source}: {message}"
+        )
+        self.row, self.field, self.reason = None, None, message
+        self.source, self.line = source, line
 
 
 class SendError(NurtureError):

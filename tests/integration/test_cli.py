@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -436,3 +437,126 @@ def test_scaled_out_process_without_redis_fails_with_a_one_line_reason(cli: Cli,
     # Without the check it would serve until killed: the subprocess timeout turns that into a failure.
     line = one_line_error(cli(command, timeout=30))
     assert "NURTURE_REDIS_URL" in line
+
+
+# -- leads import: files that are not clean CSV ------------------------------------------------------------
+
+
+def stored_leads(cli: Cli) -> dict[str, str | None]:
+    """email -> first_name of every lead in the embedded database."""
+    with sqlite3.connect(cli.cwd / "var" / "nurture.db") as conn:
+        return dict(conn.execute("SELECT email, first_name FROM leads").fetchall())
+
+
+GOOD = "good@example.com,Good\n"
+ROW_CASES = {
+    # the defect report's file: the quote on line 2 is never closed
+    "unterminated quote": (
+        'email,first_name\nmei@example.com,"unterminated\nnext@example.com,x\n',
+        [(2, "line 2: a quote opened on line 2 is never closed")],
+        {"next@example.com": "x"},
+    ),
+    "stray quote": (
+        f'email,first_name\nbob@example.com,"Bobby" Smith\n{GOOD}',
+        [(2, "line 2: stray quote")],
+        {"good@example.com": "Good"},
+    ),
+    "too many fields": (
+        f"email,first_name\nbob@example.com,Bob,Acme,CEO\n{GOOD}",
+        [(2, "line 2: has 4 fields, the header has 2")],
+        {"good@example.com": "Good"},
+    ),
+    "too few fields": (
+        "email,first_name,company\nbob@example.com\ngood@example.com,Good,Acme\n",
+        [(2, "line 2: has 1 fields, the header has 3")],
+        {"good@example.com": "Good"},
+    ),
+    "NUL byte": (
+        f"email,first_name\n{GOOD}bob@example.com,B\0b\n",
+        [(3, "line 3: contains a NUL byte")],
+        {"good@example.com": "Good"},
+    ),
+    "multi-line value": (
+        'email,first_name,company\nmei@example.com,Mei,"Kaohsiung\nPort"\ngood@example.com,Good,Acme\n',
+        [],
+        {"mei@example.com": "Mei", "good@example.com": "Good"},
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "rejected", "stored"), ROW_CASES.values(), ids=ROW_CASES.keys())
+def test_leads_import_rejects_a_malformed_row_with_its_line_and_takes_the_good_rows(
+    cli: Cli, text: str, rejected: list[tuple[int, str]], stored: dict[str, str]
+) -> None:
+    (cli.cwd / "in.csv").write_bytes(text.encode("utf-8"))
+    # When the file is imported with --rejects
+    result = ok(cli("leads", "import", "in.csv", "--rejects", "rejects.csv"))
+    # Then each bad row is on stderr and in the rejects file with its row, line and reason...
+    with (cli.cwd / "rejects.csv").open(newline="", encoding="utf-8") as handle:
+        rejects = [(int(r["row"]), r["reason"]) for r in csv.DictReader(handle)]
+    assert len(rejects) == len(rejected)
+    for (row, reason), (want_row, want_reason) in zip(rejects, rejected, strict=True):
+        assert row == want_row
+        assert reason.startswith(want_reason), reason
+        assert f"row {row}: {reason}" in result.stderr
+    assert f"{len(stored)} new, 0 updated, {len(rejected)} rejected" in result.stdout
+    # ...and exactly the good rows went in, with their own values
+    assert stored_leads(cli) == stored
+
+
+@pytest.mark.parametrize(
+    ("content", "note"),
+    [
+        (b"email;first_name\ngood@example.com;Good\n", "read as semicolon-separated"),
+        (b"email\tfirst_name\ngood@example.com\tGood\n", "read as tab-separated"),
+        ("email\tfirst_name\ngood@example.com\tGood\n".encode("utf-16"), "decoded as UTF-16"),
+    ],
+    ids=["semicolon", "tab", "utf-16"],
+)
+def test_leads_import_reads_a_semicolon_tab_or_utf16_file_and_says_how(
+    cli: Cli, content: bytes, note: str
+) -> None:
+    (cli.cwd / "in.csv").write_bytes(content)
+    result = ok(cli("leads", "import", "in.csv"))
+    assert f"note: in.csv: {note}" in result.stderr
+    assert "1 new, 0 updated, 0 rejected" in result.stdout
+    assert stored_leads(cli) == {"good@example.com": "Good"}
+
+
+def test_leads_import_reads_utf8_with_a_bom(cli: Cli) -> None:
+    (cli.cwd / "in.csv").write_bytes(b"\xef\xbb\xbf" + GOOD.join(["email,first_name\n", ""]).encode())
+    ok(cli("leads", "import", "in.csv"))
+    assert stored_leads(cli) == {"good@example.com": "Good"}
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "in.csv: the file is empty: no header row; nothing imported"),
+        (
+            f"email,first_name,Email\n{GOOD}".encode(),
+            "in.csv:1: column `Email` appears twice in the header (columns 1 and 3); nothing imported",
+        ),
+        (
+            f"email,,company\n{GOOD}".encode(),
+            "in.csv:1: column 2 of the header has no name; nothing imported",
+        ),
+        (
+            "email,first_name\n".encode("utf-16-le"),
+            "in.csv:1: the header contains NUL bytes (a UTF-16 file without a byte-order mark?)",
+        ),
+    ],
+    ids=["empty", "duplicate column", "empty column name", "utf-16 without bom"],
+)
+def test_leads_import_refuses_a_file_it_cannot_read_as_a_whole_with_one_line(
+    cli: Cli, content: bytes, reason: str
+) -> None:
+    (cli.cwd / "in.csv").write_bytes(content)
+    line = one_line_error(cli("leads", "import", "in.csv"))
+    assert line.startswith(f"error: {reason}"), line
+    assert not (cli.cwd / "var" / "nurture.db").exists() or stored_leads(cli) == {}
+
+
+def test_leads_import_of_a_folder_fails_with_a_one_line_reason(cli: Cli) -> None:
+    (cli.cwd / "exports").mkdir()
+    assert one_line_error(cli("leads", "import", "exports")) == "error: exports: is a folder, not a CSV file"

@@ -65,7 +65,7 @@ class ImportReport:
 
 async def import_leads(
     db: Database,
-    rows: Iterable[Mapping[str, str | None]],
+    rows: Iterable[Mapping[str, str | None] | RowError],
     *,
     now: datetime,
     first_row_number: int = 2,
@@ -73,8 +73,9 @@ async def import_leads(
     on_progress: Callable[[int], None] | None = None,
     stages: StagePolicy = StagePolicy(),
 ) -> ImportReport:
-    """Upsert `rows` (e.g. from csv.DictReader) by email; every bad row is reported and the good rows go in.
+    """Upsert `rows` (e.g. from `nurture.csv_input`) by email; every bad row is reported, the good rows go in.
 
+    An item that is already a RowError (a row the CSV reader could not take) is reported as it is.
     Row numbers count from `first_row_number` (2 for a CSV file whose line 1 is the header). A row whose email
     appears again later in the same batch is merged into it. `on_progress` is called with the number of rows
     handled after each batch. `stages` says how stage moves of known leads are recorded and which may go
@@ -131,7 +132,7 @@ class _Written:
 
 
 def _validate_batch(
-    numbered: Iterator[tuple[int, Mapping[str, str | None]]],
+    numbered: Iterator[tuple[int, Mapping[str, str | None] | RowError]],
     batch_size: int,
     report: ImportReport,
     stages: StagePolicy,
@@ -141,7 +142,7 @@ def _validate_batch(
     batch = _Batch({}, {})
     for number, raw in numbered:
         report.total += 1
-        result = normalise_row(raw, row_number=number)
+        result = raw if isinstance(raw, RowError) else normalise_row(raw, row_number=number)
         if isinstance(result, RowError):
             report.rejected.append(result)
             continue

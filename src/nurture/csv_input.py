@@ -1,0 +1,308 @@
+"""The one CSV reader: `nurture leads import` and `nurture simulate --leads` read their files through it.
+
+`open_csv(path)` checks the whole file first and raises `CsvFileError` (`path:line: reason`) for what makes
+the file as a whole unreadable: not a file, empty, bytes that do not decode, a header with an empty, duplicate
+or NUL-bearing name. Then it streams: iterating yields one item per record (blank lines are skipped), either
+a `CsvRow` or a `CsvRowError`, each with its row number (the header is row 1) and the physical line it starts
+on, so the caller can take the good rows and report the rest.
+
+Rules (README "Leads" repeats them):
+
+* Encoding: UTF-8, with or without a BOM. A UTF-16 file with a BOM is decoded as UTF-16 (a note says so).
+* Separator: comma. A header line with no comma but a semicolon (or else a tab) is read as semicolon- (tab-)
+  separated, as spreadsheet exports in many locales write it; a note says so.
+* A record whose field count differs from the header's is a row error.
+* A record containing a NUL byte is a row error.
+* A quoted field may run over line breaks (a multi-line address). It may not swallow rows: a record whose
+  quote is never closed (end of file), or closed by a stray quote, or that has the wrong field count, or one
+  of whose later lines is on its own a whole row (balanced quotes, the header's field count; the line that
+  closes a real multi-line value has an odd number of quotes), is a row error at the line the quote opened on;
+  the lines after that one are then read again as records of their own, so the rows it had swallowed go in.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from nurture.core.lead import RowError
+from nurture.errors import CsvFileError
+
+_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRow:
+    row: int  # the header is row 1
+    line: int  # the physical line the record starts on
+    values: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRowError:
+    row: int
+    line: int
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class CsvInput:
+    """An open CSV file; use as a context manager and iterate it once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.encoding, self.lines = _check_file(path)
+        self._handle: IO[str] = path.open(newline="", encoding=self.encoding)
+        self._lines = _Lines(self._handle)
+        try:
+            self.delimiter, self.header = self._read_header()
+        except BaseException:
+            self._handle.close()
+            raise
+        notes = []
+        if self.encoding == "utf-16":
+            notes.append("decoded as UTF-16 (the file starts with a UTF-16 byte-order mark)")
+        if self.delimiter != ",":
+            notes.append(f"read as {_NAMES[self.delimiter]}-separated (the header line has no comma)")
+        self.notes: tuple[str, ...] = tuple(notes)
+
+    def __enter__(self) -> CsvInput:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._handle.close()
+
+    def require_column(self, name: str) -> None:
+        if name not in (h.strip().lower() for h in self.header):
+            raise CsvFileError(f"the header has no `{name}` column", source=str(self.path), line=1)
+
+    def __iter__(self) -> Iterator[CsvRow | CsvRowError]:
+        lines = self._lines
+        record = lines.record
+        reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
+        width, header = len(self.header), self.header
+        row = 1
+        while True:
+            record.clear()
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                row += 1
+                yield self._bad_quote(row, str(exc))
+                continue
+            if not fields:
+                continue  # a blank line
+            row += 1
+            if len(record) > 1:
+                yield self._multi_line(row, fields)
+            elif "\0" in record[0][1]:
+                yield CsvRowError(row, record[0][0], "contains a NUL byte")
+            elif len(fields) != width:
+                yield CsvRowError(row, record[0][0], f"has {len(fields)} fields, the header has {width}")
+            else:
+                yield CsvRow(row, record[0][0], dict(zip(header, fields, strict=True)))
+
+    def _multi_line(self, row: int, fields: list[str]) -> CsvRow | CsvRowError:
+        """A record over several lines: a quoted value with line breaks, or a quote that swallowed rows.
+
+        It is the latter when one of its later lines is on its own a whole row, or when the record has the
+        wrong field count; then the lines after its first are read again as records of their own."""
+        record, width = self._lines.record, len(self.header)
+        start, end = record[0][0], record[-1][0]
+        for number, text in record[1:] if width > 1 else ():
+            if self._is_whole_row(text, width):
+                self._lines.read_again(record[1:])
+                return CsvRowError(
+                    row,
+                    start,
+                    f"a quote opened on line {start} is not closed before line {number}, which is a whole "
+                    f"row ({width} fields) of its own; the lines after line {start} are read again",
+                )
+        if len(fields) != width:
+            self._lines.read_again(record[1:])
+            return CsvRowError(
+                row,
+                start,
+                f"has {len(fields)} fields, the header has {width} (a quote opened on line {start} runs "
+                f"on to line {end}: is it not closed?); the lines after line {start} are read again",
+            )
+        if any("\0" in text for _, text in record):
+            return CsvRowError(row, start, f"contains a NUL byte (the row runs from line {start} to {end})")
+        return CsvRow(row, start, dict(zip(self.header, fields, strict=True)))
+
+    def _is_whole_row(self, text: str, width: int) -> bool:
+        """Whether one line is a well-formed row of the header's width on its own: balanced quotes (the line
+        that closes a multi-line value has an odd number), strict CSV, `width` fields."""
+        if text.count('"') % 2:
+            return False
+        try:
+            return len(next(csv.reader([text], delimiter=self.delimiter, strict=True), [])) == width
+        except csv.Error:
+            return False
+
+    def _bad_quote(self, row: int, detail: str) -> CsvRowError:
+        record = self._lines.record
+        start, end = record[0][0], record[-1][0]
+        self._lines.read_again(record[1:])
+        if "unexpected end of data" in detail:
+            reason = f"a quote opened on line {start} is never closed (the file ends inside it)"
+        elif "field larger than field limit" in detail:
+            reason = f"a field from line {start} to {end} is over {csv.field_size_limit():,} characters"
+        elif start == end:
+            reason = f"stray quote: a quoted field must end right before a separator ({detail})"
+        else:
+            reason = (
+                f"a quote opened on line {start} runs on to line {end} and ends in a stray quote ({detail})"
+            )
+        return CsvRowError(
+            row, start, reason + (f"; the lines after line {start} are read again" if end > start else "")
+        )
+
+    def _read_header(self) -> tuple[str, tuple[str, ...]]:
+        first = next(self._lines, "")
+        source = str(self.path)
+        if "\0" in first:
+            raise CsvFileError(
+                "the header contains NUL bytes (a UTF-16 file without a byte-order mark?); nothing imported",
+                source=source,
+                line=1,
+            )
+        delimiter = next((d for d in ",;\t" if d in first), ",")
+        try:
+            names = tuple(next(csv.reader([first], delimiter=delimiter, strict=True), []))
+        except csv.Error as exc:
+            raise CsvFileError(
+                f"the header cannot be read ({exc}); nothing imported", source=source, line=1
+            ) from None
+        _check_names(names, source)
+        return delimiter, names
+
+
+class _Lines:
+    """The file's lines for csv.reader, each noted with its number in `record`; lines pushed back with
+    `read_again` come first. Unlike a generator it can be read again after it has reached the end."""
+
+    __slots__ = ("_handle", "_number", "pending", "record")
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+        self._number = 0
+        self.pending: list[tuple[int, str]] = []  # lines to read again, the next one last
+        self.record: list[tuple[int, str]] = []  # the physical lines of the record being read
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            entry = self.pending.pop()
+        else:
+            text = next(self._handle)
+            self._number += 1
+            entry = (self._number, text)
+        self.record.append(entry)
+        return entry[1]
+
+    def read_again(self, lines: list[tuple[int, str]]) -> None:
+        self.pending.extend(reversed(lines))
+
+
+def lead_rows(source: CsvInput) -> Iterator[dict[str, str] | RowError]:
+    """The rows for `import_leads`: each good row's values, or the reason a row could not be taken."""
+    for item in source:
+        yield item.values if isinstance(item, CsvRow) else RowError(item.row, "", item.message)
+
+
+def open_csv(path: Path) -> CsvInput:
+    """Check `path` as a whole and open it for streaming; raises CsvFileError."""
+    return CsvInput(path)
+
+
+def _check_names(names: tuple[str, ...], source: str) -> None:
+    if not names:
+        raise CsvFileError("the first line is empty: no header row; nothing imported", source=source, line=1)
+    seen: dict[str, int] = {}
+    for column, name in enumerate(names, start=1):
+        key = name.strip().lower()
+        if not key:
+            raise CsvFileError(
+                f"column {column} of the header has no name; nothing imported", source=source, line=1
+            )
+        if key in seen:
+            raise CsvFileError(
+                f"column `{name.strip()}` appears twice in the header (columns {seen[key]} and {column}); "
+                "nothing imported",
+                source=source,
+                line=1,
+            )
+        seen[key] = column
+
+
+def _check_file(path: Path) -> tuple[str, int]:
+    """The encoding to read `path` with and its number of lines, after checking every line decodes."""
+    source = str(path)
+    if path.is_dir():
+        raise CsvFileError("is a folder, not a CSV file", source=source)
+    if not path.is_file():
+        raise CsvFileError("no such file", source=source)
+    with path.open("rb") as handle:
+        start = handle.read(4)
+        if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not start.startswith(
+            codecs.BOM_UTF32_LE
+        ):
+            handle.seek(0)
+            return "utf-16", _utf16_lines(handle, source)
+        handle.seek(0)
+        lines = _utf8_lines(handle, source)
+    if lines == 0 or (path.stat().st_size <= len(codecs.BOM_UTF8) and start.startswith(codecs.BOM_UTF8)):
+        raise CsvFileError("the file is empty: no header row; nothing imported", source=source)
+    return "utf-8-sig", lines
+
+
+def _utf8_lines(handle: IO[bytes], source: str) -> int:
+    lines = 0
+    for lines, raw in enumerate(handle, start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CsvFileError(
+                f"not UTF-8 ({exc.reason} at column {exc.start + 1}); nothing imported",
+                source=source,
+                line=lines,
+            ) from None
+    return lines
+
+
+def _utf16_lines(handle: IO[bytes], source: str) -> int:
+    decoder = codecs.getincrementaldecoder("utf-16")()
+    lines = 0
+    while chunk := handle.read(1 << 16):
+        try:
+            lines += decoder.decode(chunk).count("\n")
+        except UnicodeDecodeError as exc:
+            raise CsvFileError(
+                f"not UTF-16 after line {lines} ({exc.reason}); nothing imported",
+                source=source,
+                line=lines + 1,
+            ) from None
+    try:
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise CsvFileError(
+            f"not UTF-16: the file ends inside a character ({exc.reason}); nothing imported",
+            source=source,
+            line=lines + 1,
+        ) from None
+    return lines + (1 if tail and not tail.endswith("\n") else 0)
