@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -49,10 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_CAP: Final = timedelta(hours=1)  # the longest wait between two tries of one delivery
-
-# "Try later" from the recipient's side: 421 (service not available) and 450-452 (busy, local error,
-# insufficient storage), as the SMTP transport words them, or a server that could not be reached at all.
-_DOMAIN_DEFERRAL: Final = re.compile(r"^(SMTP 4(21|50|51|52)\b|cannot reach)")
 
 
 class Outcome(StrEnum):
@@ -146,7 +141,7 @@ class OutcomeRecorder:
         if job.attempts >= self._mailer.max_attempts:
             self.failed(job, f"gave up after {job.attempts} attempts: {error}")
             return
-        if _DOMAIN_DEFERRAL.match(error):
+        if exc.deferral:  # the recipient's side said "try later" (see `SendError`): pause its domain
             self.pausing.add(recipient_domain(job.lead.email))
         self._put(_Reply(job, Outcome.RETRY, {"error": error}))
 
