@@ -7,7 +7,7 @@
   + DatabaseUnavailableError  the database cannot be reached (URL shown without its password)
   + InputError             a rejected lead row or API payload; carries row or field
     - CsvFileError         a CSV file that cannot be read as a whole; carries source and line
-  + SendError              raised by transports only
+  + SendError              raised by transports only; carries the SMTP `code` and whether it is a `deferral`
     - TransientSendError   4xx, timeout, disconnect: retried with backoff
     - PermanentSendError   5xx: recorded, address suppressed, never retried
     - SendOutcomeUnknownError  the connection failed after DATA began: marked unknown, never re-sent
@@ -17,6 +17,8 @@
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class NurtureError(Exception):
@@ -73,11 +75,26 @@ class CsvFileError(InputError):
 
 
 class SendError(NurtureError):
-    """A message could not be handed to the mail server."""
+    """A message could not be handed to the mail server.
+
+    `code` is the SMTP reply code behind the error, None when there was no reply (a network error, an
+    address refused before sending, the outbox). `deferral` is true when the receiving side asked to try
+    later (SMTP 421 or 450-452, or the server could not be reached): the recipient's domain is then paused.
+    Left out, it is the kind's default: a transient error is a deferral, the other kinds are not.
+    """
+
+    default_deferral: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: int | None = None, deferral: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.deferral = self.default_deferral if deferral is None else deferral
 
 
 class TransientSendError(SendError):
     """Try again later (SMTP 4xx, timeout, disconnect)."""
+
+    default_deferral = True
 
 
 class PermanentSendError(SendError):

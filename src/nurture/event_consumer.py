@@ -40,10 +40,11 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from nurture.broker import RuntimeMiddleware
 from nurture.clock import Clock
+from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules
 from nurture.db.engine import Database
 from nurture.event_stream import EventStream, StreamEntry, decode_event
-from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, record_keyed_events
+from nurture.flows.engage import record_keyed_events
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from nurture.flows.engage import InboundEvent
+from nurture.core.events import InboundEvent
 
 STREAM: Final = "nurture:events"
 GROUP: Final = "recorders"

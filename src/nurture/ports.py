@@ -32,8 +32,12 @@ class SendReceipt:
 
 
 class Transport(Protocol):
-    """Hands composed messages to a mail server (or an outbox). Raises `TransientSendError` or
-    `PermanentSendError` and nothing else."""
+    """Hands composed messages to a mail server (or an outbox).
+
+    `send` raises `TransientSendError` (try again later), `PermanentSendError` (refused for good) or
+    `SendOutcomeUnknownError` (the connection failed after DATA began: the server may hold the message, so it
+    is never re-sent), and nothing else. Each carries the SMTP `code` (None without a reply) and `deferral`:
+    whether the receiving side said "try later", which pauses the recipient's domain."""
 
     async def send(self, message: OutgoingEmail) -> SendReceipt: ...
 

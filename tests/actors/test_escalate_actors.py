@@ -18,9 +18,10 @@ from sqlalchemy import select
 from nurture.actors import Actors, declare_actors
 from nurture.broker import setup_broker
 from nurture.clock import FrozenClock
+from nurture.core.events import InboundEvent
 from nurture.db.migrate import upgrade
 from nurture.db.queries.tables import alerts, leads
-from nurture.flows.engage import InboundEvent, record_event
+from nurture.flows.engage import record_event
 from nurture.flows.ingest import import_leads
 from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings

@@ -86,3 +86,11 @@ async def test_outbox_reports_a_folder_that_is_a_file_as_transient(tmp_path: Pat
     with pytest.raises(TransientSendError, match="outbox") as raised:
         await OutboxTransport(blocker).send(message())
     assert isinstance(raised.value.__cause__, OSError)
+
+
+async def test_an_unwritable_outbox_is_no_deferral_of_the_recipients_domain(tmp_path: Path) -> None:
+    blocker = tmp_path / "outbox"
+    blocker.write_text("not a folder")
+    with pytest.raises(TransientSendError) as raised:
+        await OutboxTransport(blocker).send(message())
+    assert (raised.value.code, raised.value.deferral) == (None, False)

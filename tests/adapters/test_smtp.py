@@ -48,6 +48,13 @@ def make_transport(url: str, *, pool_size: int = 2, timeout_s: float = 5.0) -> S
     return SmtpTransport(SmtpConfig.from_url(url, timeout_s=timeout_s, pool_size=pool_size))
 
 
+def unused_port() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port: int = unused.getsockname()[1]
+    return port
+
+
 @pytest.fixture
 async def transport(smtp_sink: SmtpSink) -> AsyncIterator[SmtpTransport]:
     sender = make_transport(smtp_sink.url)
@@ -116,6 +123,44 @@ async def test_send_splits_refusals_into_transient_and_permanent(
     assert smtp_sink.messages == []
 
 
+@pytest.mark.parametrize(
+    ("at", "reply", "deferral"),
+    [
+        ("MAIL", "421 4.7.0 try later", True),
+        ("RCPT", "450 4.2.1 mailbox busy", True),
+        ("DATA", "451 4.3.0 local error", True),
+        ("RCPT", "452 4.2.2 mailbox full", True),
+        ("MAIL", "454 4.7.0 TLS not available", False),  # about our session with the relay: retried only
+        ("RCPT", "550 5.1.1 no such user", False),
+        ("DATA", "554 5.7.1 rejected as spam", False),
+    ],
+)
+async def test_a_refusal_carries_its_smtp_code_and_whether_it_is_a_deferral(
+    smtp_sink: SmtpSink, transport: SmtpTransport, at: str, reply: str, deferral: bool
+) -> None:
+    smtp_sink.answer_next(reply, at=at)  # type: ignore[arg-type]
+    with pytest.raises(SendError) as raised:
+        await transport.send(message())
+    assert (raised.value.code, raised.value.deferral) == (int(reply[:3]), deferral)
+
+
+async def test_errors_without_a_reply_carry_no_code_and_only_an_unreachable_relay_is_a_deferral(
+    smtp_sink: SmtpSink, transport: SmtpTransport
+) -> None:
+    smtp_sink.drop_next_connection(at="RCPT")
+    with pytest.raises(TransientSendError) as dropped:
+        await transport.send(message(1))
+    smtp_sink.drop_next_connection(at="DATA")
+    with pytest.raises(SendOutcomeUnknownError) as after_data:
+        await transport.send(message(2))
+    sender = make_transport(f"smtp://127.0.0.1:{unused_port()}")
+    with pytest.raises(TransientSendError) as unreachable:
+        await sender.send(message(3))
+    await sender.aclose()
+    found = [(e.value.code, e.value.deferral) for e in (dropped, after_data, unreachable)]
+    assert found == [(None, False), (None, False), (None, True)]
+
+
 async def test_send_works_again_after_a_refusal(smtp_sink: SmtpSink, transport: SmtpTransport) -> None:
     smtp_sink.answer_next("550 5.1.1 no such user", at="RCPT")
     with pytest.raises(PermanentSendError):
@@ -182,10 +227,7 @@ async def test_send_replaces_a_pooled_connection_the_server_closed(
 
 
 async def test_send_reports_an_unreachable_relay_as_transient() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    sender = make_transport(f"smtp://127.0.0.1:{port}")
+    sender = make_transport(f"smtp://127.0.0.1:{unused_port()}")
     with pytest.raises(TransientSendError, match="cannot reach"):
         await sender.send(message())
     await sender.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.events import InboundEvent
 from nurture.core.feedback import parse_feedback_report
 from nurture.core.privacy import address_hash
 from nurture.core.tracking import message_id_for
@@ -16,7 +17,7 @@ from nurture.db.engine import Database
 from nurture.db.models import Suppression
 from nurture.db.queries.tables import deliveries, enrollments, events, leads, touchpoints
 from nurture.flows.complaints import record_complaint
-from nurture.flows.engage import InboundEvent, record_event
+from nurture.flows.engage import record_event
 from nurture.flows.erase import erase_lead
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll

@@ -11,14 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.db.engine import Database
 from nurture.db.queries.tables import deliveries, enrollments, events, leads, touchpoints
 from nurture.errors import PermanentSendError
 from nurture.flows.deliver import Mailer, Outcome, deliver
 from nurture.flows.engage import (
-    InboundEvent,
-    NotRecorded,
-    RecordedEvent,
     find_leads_by_email,
     record_event,
     record_events,

@@ -12,13 +12,14 @@ from sqlalchemy import select
 
 from nurture.catalog import Catalog
 from nurture.core.context import Rep
+from nurture.core.events import InboundEvent
 from nurture.core.scoring import DEFAULT_RULES, Thresholds
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import insert_alert
 from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, touchpoints
 from nurture.errors import AlertDeliveryError
 from nurture.flows.alert import deliver_alert, find_stalled_alerts
-from nurture.flows.engage import InboundEvent, record_event
+from nurture.flows.engage import record_event
 from nurture.flows.escalate import find_unscored_leads, rescore, rescore_all
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll

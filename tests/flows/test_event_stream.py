@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from nurture.clock import FrozenClock
+from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.db.engine import Database
 from nurture.db.queries.tables import events, leads, touchpoints
 from nurture.event_consumer import EventConsumer
 from nurture.event_stream import EventStream, decode_event, encode_event, entry_key
-from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, record_keyed_events
+from nurture.flows.engage import record_keyed_events
 from nurture.flows.ingest import import_leads
 from nurture.web.metrics import WebMetrics
 from nurture.web.recorder import EventRecorder, TrackingRecorder

@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.events import InboundEvent
 from nurture.db.engine import Database
 from nurture.db.queries.report import GroupBy, Scope
 from nurture.db.queries.tables import deliveries, enrollments, events, leads, touchpoints
 from nurture.errors import PermanentSendError, TransientSendError
 from nurture.flows.deliver import Mailer, deliver
-from nurture.flows.engage import InboundEvent, record_events, unsubscribe
+from nurture.flows.engage import record_events, unsubscribe
 from nurture.flows.escalate import rescore
 from nurture.flows.ingest import import_leads
 from nurture.flows.report import Report, build_report

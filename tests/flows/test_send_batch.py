@@ -163,6 +163,20 @@ async def test_a_try_later_pauses_the_recipient_domain_while_other_domains_carry
         assert await paused_domains(conn, resumed - timedelta(seconds=1)) == set()
 
 
+async def test_a_domain_is_paused_by_the_errors_deferral_field_not_by_its_wording(
+    db: Database, catalog: Catalog, mailer: Mailer, transport: RecordingTransport
+) -> None:
+    claimed = await _claimed(db, catalog, ["a1@slow.example", "b1@relay.example"], MONDAY_TAIPEI_10)
+    # Given a deferral worded in no way the send path knows, and a "421" text that is not a deferral
+    transport.fail_first_to("a1@slow.example", TransientSendError("come back soon", code=421, deferral=True))
+    transport.fail_first_to("b1@relay.example", TransientSendError("SMTP 421: our session", deferral=False))
+    result = await deliver_batch(claimed, db=db, mailer=mailer, now=MONDAY_TAIPEI_10)
+    assert set(result.outcomes.values()) == {Outcome.RETRY}
+    # Then only the deferral pauses its domain; the other is only retried
+    async with db.transaction() as conn:
+        assert await paused_domains(conn, MONDAY_TAIPEI_10) == {"slow.example"}
+
+
 async def test_a_hard_bounce_in_a_batch_suppresses_that_lead_at_once_and_only_that_lead(
     db: Database,
     catalog: Catalog,

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.events import InboundEvent
 from nurture.core.stages import Stage, StageChange, StagePath
 from nurture.db.engine import Database
 from nurture.db.queries.stages import LeadStageChange, change_stage
 from nurture.db.queries.tables import leads, stage_changes, touchpoints
-from nurture.flows.engage import InboundEvent, record_event
+from nurture.flows.engage import record_event
 from nurture.flows.escalate import rescore
 from nurture.flows.ingest import StagePolicy, import_leads
 

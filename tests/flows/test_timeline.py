@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from nurture.catalog import Catalog
+from nurture.core.events import InboundEvent
 from nurture.db.engine import Database
 from nurture.db.queries.tables import leads, touchpoints
-from nurture.flows.engage import InboundEvent, record_event
+from nurture.flows.engage import record_event
 from nurture.flows.escalate import rescore
 from nurture.flows.explain import LeadTimeline, lead_timeline
 from nurture.flows.ingest import import_leads

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from nurture.core.events import InboundEvent
 from nurture.flows.deliver import deliver
-from nurture.flows.engage import InboundEvent, record_events
+from nurture.flows.engage import record_events
 from nurture.flows.tick import dispatch, enroll
 from nurture.web.sessions import issue_login_link
 from tests.integration.test_timeline_browser import (

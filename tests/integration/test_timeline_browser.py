@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from nurture.clock import FrozenClock
-from nurture.flows.engage import InboundEvent, record_events
+from nurture.core.events import InboundEvent
+from nurture.flows.engage import record_events
 from nurture.flows.escalate import rescore
 from tests.integration.test_timeline_web import PRICING, Web, hot_lead, serve
 from tests.services import IN_CI

@@ -27,11 +27,12 @@ import pytest
 from sqlalchemy import select
 
 from nurture.clock import FrozenClock
+from nurture.core.events import InboundEvent
 from nurture.core.tracking import session_token
 from nurture.db.migrate import upgrade
 from nurture.db.queries.apikeys import insert_api_key
 from nurture.db.queries.tables import leads
-from nurture.flows.engage import InboundEvent, record_event, record_events
+from nurture.flows.engage import record_event, record_events
 from nurture.flows.escalate import rescore
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll

@@ -291,6 +291,9 @@ FORGERIES: dict[str, Callable[[str, int, int], str]] = {
     "delivery id as text": lambda _t, lead_id, delivery_id: sign_token(
         {"k": "u", "l": lead_id, "d": str(delivery_id)}, key=SECRET.encode()
     ),
+    "an extra key": lambda _t, lead_id, delivery_id: sign_token(
+        {"k": "u", "l": lead_id, "d": delivery_id, "u": "https://elsewhere.example/"}, key=SECRET.encode()
+    ),
 }
 
 

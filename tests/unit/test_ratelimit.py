@@ -111,3 +111,15 @@ def test_no_window_ever_gets_more_than_its_cap(count: int, steps: list[tuple[int
 @given(count=st.integers(min_value=1, max_value=1000), wanted=st.integers(min_value=0, max_value=5000))
 def test_an_unused_window_grants_up_to_the_cap(count: int, wanted: int) -> None:
     assert grant(None, Rate(count, HOUR), wanted, T0)[0] == min(count, wanted)
+
+
+@given(
+    local=st.text(max_size=20),
+    domain=st.text(st.characters(blacklist_characters="@"), max_size=30),
+    no_at=st.text(st.characters(blacklist_characters="@"), max_size=30),
+)
+def test_recipient_domain_is_what_follows_the_last_at_in_lower_case_or_nothing(
+    local: str, domain: str, no_at: str
+) -> None:
+    assert recipient_domain(f"{local}@{domain}") == domain.lower()
+    assert recipient_domain(no_at) == ""  # an address without an @ has no domain, and no part of it is one

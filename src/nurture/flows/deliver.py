@@ -24,10 +24,10 @@ from nurture.core.campaign import Campaign
 from nurture.core.caps import NO_CAP, FrequencyCap
 from nurture.core.context import owner_of, sender_as_rep, template_context
 from nurture.core.message import compose
+from nurture.core.ratelimit import recipient_domain
 from nurture.core.tracking import message_id_for, track_html, unsubscribe_url
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import SendJob
-from nurture.db.queries.send_domains import recipient_domain
 from nurture.errors import (
     HeaderInjectionError,
     PermanentSendError,
@@ -36,11 +36,11 @@ from nurture.errors import (
     TransientSendError,
 )
 from nurture.flows.send_gate import SendingGate
-from nurture.flows.send_outcomes import Outcome, OutcomeRecorder, retry_delay
+from nurture.flows.send_outcomes import Outcome, OutcomeRecorder
 from nurture.flows.send_triage import Triage, triage_batch
 from nurture.ports import OutgoingEmail, RenderedEmail, Renderer, Transport
 
-__all__ = ["BatchResult", "Mailer", "Outcome", "build_message", "deliver", "deliver_batch", "retry_delay"]
+__all__ = ["BatchResult", "Mailer", "Outcome", "build_message", "deliver", "deliver_batch"]
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -24,13 +23,15 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from nurture.core.backoff import backoff
 from nurture.core.campaign import Campaign
 from nurture.core.privacy import address_hash
+from nurture.core.ratelimit import recipient_domain
 from nurture.core.schedule import NO_DAYS_OFF, DaysOff, due_at, lead_zone
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import SendJob
 from nurture.db.queries.leads import suppress_lead
-from nurture.db.queries.send_domains import clear_domains, pause_domain, recipient_domain
+from nurture.db.queries.send_domains import clear_domains, pause_domain
 from nurture.db.queries.sending import (
     Finished,
     complete_finished_enrollments,
@@ -46,9 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# "Try later" from the recipient's side: 421 (service not available) and 450-452 (busy, local error,
-# insufficient storage), as the SMTP transport words them, or a server that could not be reached at all.
-_DOMAIN_DEFERRAL: Final = re.compile(r"^(SMTP 4(21|50|51|52)\b|cannot reach)")
+RETRY_CAP: Final = timedelta(hours=1)  # the longest wait between two tries of one delivery
 
 
 class Outcome(StrEnum):
@@ -65,11 +64,6 @@ class Outcome(StrEnum):
     FAILED = "failed"
     BOUNCED = "bounced"
     UNKNOWN = "unknown"  # the server may have it: reported, never re-sent
-
-
-def retry_delay(attempts: int, base: timedelta) -> timedelta:
-    """Exponential backoff: base, 2x, 4x, ... capped at one hour."""
-    return min(base * (1 << min(max(attempts - 1, 0), 20)), timedelta(hours=1))
 
 
 def window_due(
@@ -147,7 +141,7 @@ class OutcomeRecorder:
         if job.attempts >= self._mailer.max_attempts:
             self.failed(job, f"gave up after {job.attempts} attempts: {error}")
             return
-        if _DOMAIN_DEFERRAL.match(error):
+        if exc.deferral:  # the recipient's side said "try later" (see `SendError`): pause its domain
             self.pausing.add(recipient_domain(job.lead.email))
         self._put(_Reply(job, Outcome.RETRY, {"error": error}))
 
@@ -240,7 +234,7 @@ class OutcomeRecorder:
 
     async def _retry_at(self, conn: AsyncConnection, reply: _Reply) -> tuple[int, datetime, str]:
         job, error, mailer = reply.job, str(reply.detail["error"]), self._mailer
-        retry_at = self._now + retry_delay(job.attempts, mailer.retry_after)
+        retry_at = self._now + backoff(job.attempts, base=mailer.retry_after, cap=RETRY_CAP)
         domain = recipient_domain(job.lead.email)
         if domain in self.pausing:
             until = await pause_domain(

@@ -21,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from nurture.core.campaign import Campaign
 from nurture.core.caps import NO_CAP, next_allowed_at
 from nurture.core.lifecycle import send_hold
+from nurture.core.ratelimit import recipient_domain
 from nurture.core.schedule import DaysOff, LateTouch, lead_zone, resolve_late_touch
 from nurture.db.queries.deliveries import SendJob, record_held
 from nurture.db.queries.enrollment import end_enrollment
-from nurture.db.queries.send_domains import domain_states, recipient_domain
+from nurture.db.queries.send_domains import domain_states
 from nurture.db.queries.sending import (
     Finished,
     complete_finished_enrollments,

@@ -21,6 +21,7 @@ from nurture.catalog import Catalog
 from nurture.core.campaign import Campaign
 from nurture.core.context import SAMPLE_LEAD
 from nurture.core.engagement_script import EngagementScript, ScriptedAction
+from nurture.core.events import InboundEvent
 from nurture.core.schedule import due_at, lead_zone
 from nurture.db.engine import Database
 from nurture.db.queries.simulation import (
@@ -38,7 +39,7 @@ from nurture.db.queries.simulation import (
 from nurture.errors import ConfigError, ConfigErrors, NurtureError
 from nurture.flows.alert import deliver_alert
 from nurture.flows.deliver import Mailer, deliver_batch
-from nurture.flows.engage import InboundEvent, record_event, unsubscribe
+from nurture.flows.engage import record_event, unsubscribe
 from nurture.flows.escalate import rescore
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll

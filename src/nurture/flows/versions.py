@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.catalog import Catalog
 from nurture.core.campaign import Campaign, Step, parse_campaign
+from nurture.core.ratelimit import recipient_domain
 from nurture.core.schedule import lead_zone, plan_deliveries
 from nurture.db.engine import Database
 from nurture.db.queries.campaign_language import (
@@ -87,7 +88,7 @@ async def _follow(conn: AsyncConnection, campaign: Campaign, catalog: Catalog, n
         retimed += [
             (d, wanted[s].due_at, wanted[s].step_index) for s, d in plan.pending.items() if s in wanted
         ]
-        domain = lead.email.rpartition("@")[2].lower()
+        domain = recipient_domain(lead.email)
         added += [
             NewDelivery(
                 plan.enrollment_id, plan.lead_id, campaign.id, p.step_id, p.step_index, p.due_at, domain

@@ -61,7 +61,7 @@ class OutboxTransport:
             await asyncio.to_thread(_write_atomically, path, message.data)
         except OSError as exc:  # a full disk or a wrong permission is fixed by an operator: try again later
             logger.warning("outbox write failed message_id=%s error=%s", message.message_id, exc.strerror)
-            raise TransientSendError(f"cannot write to the outbox: {exc}") from exc
+            raise TransientSendError(f"cannot write to the outbox: {exc}", deferral=False) from exc
         logger.debug("written to outbox message_id=%s", message.message_id)
         return SendReceipt(message_id=message.message_id, response=RECEIPT)
 

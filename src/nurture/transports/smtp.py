@@ -2,7 +2,10 @@
 
 This is the only module that sees aiosmtplib's exceptions; each becomes a `TransientSendError` (try again
 later), a `PermanentSendError` (the server refused this message for good) or, when the connection fails
-after DATA began, a `SendOutcomeUnknownError`, with the original chained.
+after DATA began, a `SendOutcomeUnknownError`, with the original chained. Each carries the server's reply
+`code` (None without a reply) and whether it is a `deferral`: a reply in `DEFERRAL_CODES` (for several
+refused recipients, the lowest code decides), or a relay that could not be reached. A connection lost
+before DATA, and the transport being closed, are transient but not deferrals.
 
 A message is never sent twice by this module: once a transaction has begun there is no retry, because once
 DATA has started the server may hold the message even if its reply never arrives (DESIGN §6). A stale pooled
@@ -35,6 +38,10 @@ logger = logging.getLogger(__name__)
 IDLE_PROBE_S: Final = 30.0  # relays commonly drop idle sessions after 30-300 s
 _SOURCE: Final = "NURTURE_SMTP_URL"
 _DEFAULT_PORTS: Final = {"smtp": 25, "smtps": 465}
+# "Try later" from the recipient's side: 421 (service not available) and 450-452 (mailbox busy, local error,
+# insufficient storage). They pause the recipient's domain; another 4xx (454: TLS or login unavailable, ...)
+# is about our own session with the relay, and is only retried.
+DEFERRAL_CODES: Final = frozenset({421, 450, 451, 452})
 _BOOLEANS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -106,8 +113,9 @@ class _Connection:
 
 
 def _response_error(code: int, message: str) -> SendError:
-    error = PermanentSendError if code >= 500 else TransientSendError
-    return error(f"SMTP {code}: {message}")
+    if code >= 500:
+        return PermanentSendError(f"SMTP {code}: {message}", code=code)
+    return TransientSendError(f"SMTP {code}: {message}", code=code, deferral=code in DEFERRAL_CODES)
 
 
 def _translate(exc: BaseException) -> SendError:
@@ -121,7 +129,7 @@ def _translate(exc: BaseException) -> SendError:
         return _response_error(exc.code, exc.message)
     if isinstance(exc, ValueError):  # aiosmtplib refused an address before sending anything
         return PermanentSendError(f"address cannot be sent: {exc}")
-    return TransientSendError(f"{type(exc).__name__}: {exc}")
+    return TransientSendError(f"{type(exc).__name__}: {exc}", deferral=False)  # our session broke: retry only
 
 
 async def _transact(client: aiosmtplib.SMTP, message: OutgoingEmail) -> str:
@@ -151,10 +159,11 @@ class SmtpTransport:
         self._local_hostname: str | None = None  # looked up once (a DNS call), then reused
 
     async def send(self, message: OutgoingEmail) -> SendReceipt:
-        """Send one message; raise `TransientSendError` or `PermanentSendError` if it was not accepted."""
+        """Send one message; raise `TransientSendError` or `PermanentSendError` if it was not accepted, and
+        `SendOutcomeUnknownError` if the connection failed after DATA began."""
         async with self._slots:
             if self._closed:
-                raise TransientSendError("the SMTP transport is closed")
+                raise TransientSendError("the SMTP transport is closed", deferral=False)
             connection = await self._checkout(message.message_id)
             try:
                 response = await _transact(connection.client, message)
@@ -231,7 +240,11 @@ class SmtpTransport:
                 type(exc).__name__,
                 getattr(exc, "code", None),
             )
-            raise TransientSendError(f"cannot reach the SMTP relay: {type(exc).__name__}: {exc}") from exc
+            raise TransientSendError(
+                f"cannot reach the SMTP relay: {type(exc).__name__}: {exc}",
+                code=getattr(exc, "code", None),
+                deferral=True,
+            ) from exc
         except BaseException:
             client.close()
             raise

@@ -34,13 +34,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.core.lead import normalise_email
 from nurture.core.stages import StagePath
 from nurture.core.token_bucket import BucketLimit
 from nurture.db.queries.idempotency import fetch_request_hash, remember_request_hash
 from nurture.errors import DatabaseUnavailableError
 from nurture.event_stream import KEY_PREFIX
-from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, find_leads_by_email
+from nurture.flows.engage import find_leads_by_email
 from nurture.flows.ingest import StagePolicy, import_leads
 from nurture.runtime import Runtime
 from nurture.web.auth import ApiGate, RateLimiter, Refusal

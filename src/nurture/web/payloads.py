@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from nurture.core.events import EVENT_TYPE
 from nurture.core.lead import PROFILE_FIELDS
 from nurture.core.tracking import MAX_ID, is_trackable_url
-from nurture.flows.engage import EVENT_TYPE
 
 MAX_URL_CHARS: Final = 2048
 MAX_STAGE_REASON_CHARS: Final = 500

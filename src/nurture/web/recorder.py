@@ -22,10 +22,11 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
+from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules
 from nurture.db.engine import Database
 from nurture.event_stream import EventStream
-from nurture.flows.engage import InboundEvent, NotRecorded, RecordedEvent, record_events
+from nurture.flows.engage import record_events
 from nurture.web.metrics import WebMetrics
 
 log = logging.getLogger(__name__)

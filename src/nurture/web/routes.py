@@ -2,14 +2,14 @@
 
 `GET /u/{token}` only shows a confirmation form, because link scanners and previews fetch every link in a
 message; `POST /u/{token}` (the mail client's `List-Unsubscribe=One-Click` request, or the form's button)
-unsubscribes. A token that does not verify under our key, or is not an unsubscribe token, is a 404.
+unsubscribes. A token that does not verify under our key, or is not an unsubscribe token carrying exactly
+its fields (read by `core.tracking.read_token`, as every tracking route reads its token), is a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import text
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from nurture.core.tracking import verify_token
+from nurture.core.tracking import read_token
 from nurture.db.engine import Database
 from nurture.errors import TrackingTokenError
 from nurture.flows.engage import unsubscribe
@@ -27,29 +27,6 @@ from nurture.web.pages import not_found_page, unsubscribe_confirm_page, unsubscr
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S: Final = 5.0
-_MAX_ID: Final = 2**63 - 1  # ids are BIGINT; a larger number can only be a token we never issued
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeLink:
-    lead_id: int
-    delivery_id: int | None
-
-
-def read_unsubscribe_token(token: str, *, key: bytes) -> UnsubscribeLink | None:
-    """Return the lead (and delivery) an unsubscribe token names, or None for any token we did not issue."""
-    try:
-        payload = verify_token(token, key=key)
-    except TrackingTokenError:
-        return None
-    lead_id, delivery_id = payload.get("l"), payload.get("d")
-    if payload.get("k") != "u" or not isinstance(lead_id, int) or not 0 < lead_id <= _MAX_ID:
-        return None
-    if delivery_id is None:
-        return UnsubscribeLink(lead_id, None)
-    if not isinstance(delivery_id, int) or not 0 < delivery_id <= _MAX_ID:
-        return None
-    return UnsubscribeLink(lead_id, delivery_id)
 
 
 class Endpoints:
@@ -64,8 +41,9 @@ class Endpoints:
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
     async def unsubscribe_link(self, request: Request) -> Response:
-        link = read_unsubscribe_token(request.path_params["token"], key=self._runtime.mailer.secret_key)
-        if link is None:
+        try:
+            link = read_token(request.path_params["token"], kind="u", key=self._runtime.mailer.secret_key)
+        except TrackingTokenError:
             return HTMLResponse(not_found_page(), status_code=404)
         if request.method != "POST":  # GET and HEAD: scanners fetch links, so only a POST acts
             return HTMLResponse(unsubscribe_confirm_page())

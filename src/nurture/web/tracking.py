@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from nurture.core.events import InboundEvent
 from nurture.core.tracking import (
     TrackedLink,
     is_trackable_url,
@@ -35,7 +36,6 @@ from nurture.core.tracking import (
     without_visitor_param,
 )
 from nurture.errors import TrackingTokenError
-from nurture.flows.engage import InboundEvent
 from nurture.runtime import Runtime
 from nurture.web.http import BodyError, read_json
 from nurture.web.metrics import WebMetrics

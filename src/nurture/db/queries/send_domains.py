@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Table, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from nurture.core.backoff import backoff
 from nurture.db import models
 from nurture.db.queries.tables import dialect_insert
 
@@ -25,16 +26,6 @@ class DomainState:
     domain: str
     paused_until: datetime | None
     failures: int
-
-
-def recipient_domain(address: str) -> str:
-    """The lower-case domain of an email address ("" when it has none)."""
-    return address.rpartition("@")[2].lower()
-
-
-def backoff_pause(failures: int, *, base: timedelta, cap: timedelta) -> timedelta:
-    """The pause after the `failures`-th consecutive failure: base, 2x, 4x, ... at most `cap`."""
-    return min(base * (1 << min(max(failures - 1, 0), 20)), cap)
 
 
 async def paused_domains(conn: AsyncConnection, now: datetime) -> set[str]:
@@ -70,7 +61,7 @@ async def pause_domain(
         paused_until: datetime = row.paused_until
         return paused_until
     failures = (row.failures if row is not None else 0) + 1
-    until = now + backoff_pause(failures, base=base, cap=cap)
+    until = now + backoff(failures, base=base, cap=cap)
     values = {"paused_until": until, "failures": failures, "last_error": error[:500], "updated_at": now}
     insert = dialect_insert(conn, send_domains).values(domain=domain, **values)
     await conn.execute(insert.on_conflict_do_update(index_elements=["domain"], set_=values))
