@@ -18,7 +18,7 @@ import holidays
 import yaml
 from jinja2 import FileSystemLoader, Template
 
-from nurture.core.campaign import Campaign, Step, parse_campaign
+from nurture.core.campaign import Campaign, Step, parse_campaign, postal_address_of, salvage_campaign
 from nurture.core.context import Rep
 from nurture.core.lead import normalise_email
 from nurture.core.schedule import NO_DAYS_OFF, DaysOff
@@ -117,27 +117,39 @@ def public_holidays(country: str) -> DaysOff:
 
 
 def load_catalog(
-    *, campaigns_dir: Path, templates_dir: Path, reps_file: Path | None, scoring_file: Path | None = None
+    *,
+    campaigns_dir: Path,
+    templates_dir: Path,
+    reps_file: Path | None,
+    scoring_file: Path | None = None,
+    require_postal_address: bool = False,
+    postal_address: str | None = None,
 ) -> Catalog:
     """Read, parse and check every campaign file, its templates, the reps file and the scoring file.
 
-    A missing reps file means no reps; a missing (or no) scoring file means `DEFAULT_RULES`.
+    A missing reps file means no reps; a missing (or no) scoring file means `DEFAULT_RULES`. The templates
+    of the valid steps of a campaign file with other problems are checked too. With
+    `require_postal_address` (as `nurture validate` does), a campaign that sends email and gives no
+    `sender.postal_address` is an error unless `postal_address` (`NURTURE_POSTAL_ADDRESS`) is set.
 
     Raises:
         ConfigErrors: every problem found, sorted by file and line.
     """
     if not campaigns_dir.is_dir():
         raise ConfigErrors([CampaignError("campaigns folder not found", source=str(campaigns_dir))])
-    campaigns, errors = _load_campaigns(campaigns_dir)
+    campaigns, salvaged, errors = _load_campaigns(campaigns_dir)
     reps, rep_errors = _load_reps(reps_file) if reps_file is not None else ({}, [])
     scoring, scoring_errors = _load_scoring(scoring_file)
     errors += rep_errors + scoring_errors
     catalog = Catalog(MappingProxyType(campaigns), MappingProxyType(reps), templates_dir, scoring)
+    checked = [*campaigns.values(), *salvaged]
+    if require_postal_address:
+        errors += [e for c in checked if (e := missing_postal_address(c, postal_address)) is not None]
     if not templates_dir.is_dir():
         errors.append(ConfigError("templates folder not found", source=str(templates_dir)))
     else:
         renderer = catalog.renderer()
-        for campaign in campaigns.values():
+        for campaign in checked:
             errors += renderer.check_templates(campaign)
     if errors:
         # A template shared by two steps is reported once.
@@ -146,8 +158,22 @@ def load_catalog(
     return catalog
 
 
-def _load_campaigns(campaigns_dir: Path) -> tuple[dict[str, Campaign], list[ConfigError]]:
+def missing_postal_address(campaign: Campaign, fallback: str | None) -> CampaignError | None:
+    """The error of a campaign whose emails would show no postal address (none of its own and no
+    `fallback`), at its `sender:` line; None when it has one or sends no email (rep tasks only)."""
+    if not campaign.sends_email or postal_address_of(campaign, fallback) is not None:
+        return None
+    message = (
+        "sender has no postal_address and NURTURE_POSTAL_ADDRESS is not set: every marketing email must "
+        "show the sender's postal address"
+    )
+    return CampaignError(message, source=campaign.source, line=campaign.line_of("sender"))
+
+
+def _load_campaigns(campaigns_dir: Path) -> tuple[dict[str, Campaign], list[Campaign], list[ConfigError]]:
+    """The valid campaigns by id, what can still be checked of the invalid files, and every problem."""
     campaigns: dict[str, Campaign] = {}
+    salvaged: list[Campaign] = []
     errors: list[ConfigError] = []
     # Not recursive: campaigns/tests/ holds simulation fixtures, not campaigns.
     paths = sorted(p for p in campaigns_dir.iterdir() if p.suffix in CAMPAIGN_SUFFIXES and p.is_file())
@@ -155,20 +181,24 @@ def _load_campaigns(campaigns_dir: Path) -> tuple[dict[str, Campaign], list[Conf
         if path.name.startswith("."):  # editor lock and swap files
             continue
         try:
-            campaign = parse_campaign(_read(path), source=str(path))
+            text = _read(path)
         except ConfigError as exc:
             errors.append(exc)
             continue
+        try:
+            campaign = parse_campaign(text, source=str(path))
         except ConfigErrors as exc:
             errors += exc.errors
+            salvaged += filter(None, [salvage_campaign(text, source=str(path))])
             continue
         first = campaigns.get(campaign.id)
         if first is not None:
             message = f"duplicate campaign id {campaign.id!r}: {first.source} already defines it"
             errors.append(CampaignError(message, source=campaign.source, line=campaign.line_of("id")))
+            salvaged.append(campaign)  # its templates are still checked
             continue
         campaigns[campaign.id] = campaign
-    return campaigns, errors
+    return campaigns, salvaged, errors
 
 
 def _read(path: Path) -> str:

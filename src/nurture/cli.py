@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nurture.catalog import Catalog, load_catalog
+from nurture.catalog import CAMPAIGN_SUFFIXES, Catalog, load_catalog
 from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.lead import RowError, normalise_email
@@ -185,26 +185,28 @@ async def _upgrade(db: Database) -> None:
 @app.command()
 def validate(
     directory: Annotated[
-        Path | None, typer.Argument(help="A project folder with campaigns/ and templates/.")
+        Path | None,
+        typer.Argument(
+            help="A project folder with campaigns/ and templates/, or the campaigns folder itself "
+            "(templates/, reps.yaml and scoring.yaml then beside it)."
+        ),
     ] = None,
 ) -> None:
     """Check campaigns, templates and the reps file; report every problem as file:line: message."""
     with _reported():
         settings = _settings()
         if directory is None:
-            catalog = load_catalog(
-                campaigns_dir=settings.campaigns_dir,
-                templates_dir=settings.templates_dir,
-                reps_file=settings.reps_file,
-                scoring_file=settings.scoring_file,
-            )
-        else:  # a project folder laid out like this repository
-            catalog = load_catalog(
-                campaigns_dir=directory / "campaigns",
-                templates_dir=directory / "templates",
-                reps_file=directory / "reps.yaml",
-                scoring_file=directory / "scoring.yaml",
-            )
+            campaigns_dir, project = settings.campaigns_dir, None
+        else:
+            campaigns_dir, project = _validated_folders(directory)
+        catalog = load_catalog(
+            campaigns_dir=campaigns_dir,
+            templates_dir=project / "templates" if project else settings.templates_dir,
+            reps_file=project / "reps.yaml" if project else settings.reps_file,
+            scoring_file=project / "scoring.yaml" if project else settings.scoring_file,
+            require_postal_address=True,
+            postal_address=settings.postal_address,
+        )
         steps = sum(len(c.steps) for c in catalog.campaigns.values())
         typer.echo(
             f"ok: {len(catalog.campaigns)} campaign(s), {steps} step(s), {len(catalog.reps)} rep(s), "
@@ -212,6 +214,30 @@ def validate(
         )
         for line in _enrolled_change_lines(settings, catalog):
             typer.echo(line)
+
+
+# The YAML files of a project folder that are not campaigns: a folder with only these is no campaigns folder.
+_PROJECT_FILES = frozenset(
+    {"reps.yaml", "scoring.yaml", "webhooks.yaml", "docker-compose.yml", "docker-compose.yaml", "compose.yml"}
+)
+
+
+def _validated_folders(directory: Path) -> tuple[Path, Path]:
+    """The campaigns folder and the project folder of `nurture validate DIR`: DIR is a project folder (it
+    has campaigns/), or the campaigns folder itself (it holds campaign files; the project is its parent)."""
+    if (directory / "campaigns").is_dir():
+        return directory / "campaigns", directory
+    if not directory.is_dir():
+        raise NurtureError(f"{directory}: no such folder; give the project folder or the campaigns folder")
+    if any(
+        p.suffix in CAMPAIGN_SUFFIXES and p.is_file() and p.name not in _PROJECT_FILES
+        for p in directory.iterdir()
+    ):
+        return directory, directory.resolve().parent
+    raise NurtureError(
+        f"{directory} has no campaigns/ folder and no campaign files (*.yaml); "
+        "give the project folder or the campaigns folder"
+    )
 
 
 def _enrolled_change_lines(settings: Settings, catalog: Catalog) -> list[str]:

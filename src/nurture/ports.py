@@ -71,7 +71,7 @@ class TimelineEntry:
 
     occurred_at: datetime
     kind: str  # email_sent, page_visit, stage_change, ...
-    subject: str | None = None  # "campaign/step", or the URL an event was about
+    subject: str | None = None  # "campaign/step" (": why" when failed or skipped), or an event's URL
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,18 +149,20 @@ class TemplateRenderer:
                 errors.append(exc)
                 rendered.append(None)
         _, html, text = rendered
-        html_part = parts[1]
-        if html is not None and html_part is not None and (text is not None or parts[2] is None):
-            postal = str(context["postal_address"])
-            problem = _missing_opt_out(html, self._html_to_text(html), text, postal=postal)
-            if problem:
-                errors.append(
-                    TemplateError(
-                        f"{html_part.where.prefix}{problem}",
-                        source=html_part.where.source,
-                        line=html_part.where.line,
-                    )
-                )
+        html_part, text_part = parts[1], parts[2]
+        if html is None or html_part is None:
+            return errors
+        postal, html_text = str(context["postal_address"]), self._html_to_text(html)
+        problems = _html_lacks(html, html_text, postal=postal)
+        if text_part is not None and text is not None:  # a text part that failed to render is reported above
+            problems += _text_lacks(text, postal=postal)
+        elif text_part is None and not problems:  # derived from the HTML: what the derivation may lose
+            problems += _text_lacks(html_text, postal=postal)
+        where = html_part.where
+        errors += [
+            TemplateError(f"{where.prefix}{problem}", source=where.source, line=where.line)
+            for problem in problems
+        ]
         return errors
 
     def _check_part(self, part: _Part, context: Mapping[str, Any]) -> str:
@@ -293,20 +295,26 @@ def _environment(loader: FileSystemLoader, *, autoescape: bool) -> LimitedSandbo
     return env
 
 
-def _missing_opt_out(html: str, html_text: str, text: str | None, *, postal: str) -> str | None:
-    """What a marketing email lacks of the law's minimum: an unsubscribe link and the sender's postal
-    address, visible in the HTML part and in the text part (given, or derived from the HTML); None if all."""
+def _html_lacks(html: str, html_text: str, *, postal: str) -> list[str]:
+    """What the HTML part of a marketing email lacks of the law's minimum: a visible unsubscribe link and
+    the sender's postal address; every one missing."""
     link = re.compile(r"<a\b[^>]*\bhref\s*=\s*[\"']?" + re.escape(SAMPLE_UNSUBSCRIBE_URL), re.IGNORECASE)
+    found: list[str] = []
     if not link.search(html):
-        return 'the HTML part has no unsubscribe link (<a href="{{ unsubscribe_url }}">)'
+        found.append('the HTML part has no unsubscribe link (<a href="{{ unsubscribe_url }}">)')
     if _words(postal) not in _words(html_text):
-        return "the HTML part does not show the sender's postal address ({{ postal_address }})"
-    text = html_text if text is None else text
+        found.append("the HTML part does not show the sender's postal address ({{ postal_address }})")
+    return found
+
+
+def _text_lacks(text: str, *, postal: str) -> list[str]:
+    """What the text part lacks of the same minimum: the unsubscribe URL and the postal address."""
+    found: list[str] = []
     if SAMPLE_UNSUBSCRIBE_URL not in text:
-        return "the text part has no unsubscribe link ({{ unsubscribe_url }})"
+        found.append("the text part has no unsubscribe link ({{ unsubscribe_url }})")
     if _words(postal) not in _words(text):  # a wrapped text part may break the address across lines
-        return "the text part does not show the sender's postal address ({{ postal_address }})"
-    return None
+        found.append("the text part does not show the sender's postal address ({{ postal_address }})")
+    return found
 
 
 def _words(text: str) -> str:

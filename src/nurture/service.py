@@ -18,7 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from nurture.actors import Actors, declare_actors
 from nurture.broker import setup_broker
-from nurture.catalog import Catalog
+from nurture.catalog import Catalog, missing_postal_address
 from nurture.clock import Clock
 from nurture.db.migrate import upgrade
 from nurture.errors import NurtureError
@@ -42,10 +42,19 @@ class Service:
 async def open_service(settings: Settings, *, clock: Clock | None = None) -> Service:
     """Build the runtime and the broker; the embedded database is migrated on the way."""
     runtime = build_runtime(settings, clock=clock)
+    _warn_of_unsendable(runtime.catalog, settings.postal_address)
     if settings.is_embedded:
         await upgrade(runtime.db)
     broker = setup_broker(settings, _worker_runtime_factory(settings, runtime.clock, runtime.catalog))
     return Service(runtime=runtime, actors=declare_actors(broker, send_batch=settings.send_batch_size))
+
+
+def _warn_of_unsendable(catalog: Catalog, postal_address: str | None) -> None:
+    """Say at start-up which campaigns' emails will be refused (failed, with the reason) as they fall due."""
+    for campaign in catalog.ordered():
+        problem = missing_postal_address(campaign, postal_address)
+        if problem is not None:
+            log.warning("campaign %s will send nothing: %s", campaign.id, problem)
 
 
 def _worker_runtime_factory(settings: Settings, clock: Clock, catalog: Catalog) -> Callable[[], Runtime]:

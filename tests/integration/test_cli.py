@@ -344,10 +344,6 @@ def test_validate_reports_every_problem_in_every_campaign_as_file_line_message_a
     assert result.stderr.rstrip().endswith("error: 3 problem(s) found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: catalog.load_catalog checks templates only of campaigns that parsed, so this one is hidden",
-)
 def test_validate_reports_a_missing_template_even_when_its_campaign_has_other_errors(
     cli: Cli, tmp_path: Path
 ) -> None:

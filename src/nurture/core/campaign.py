@@ -10,11 +10,21 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from pathlib import PurePath
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
-from nurture.core._campaign_schema import MODELS, WEEKDAYS, CampaignModel, StepModel, cross_checks
-from nurture.core._yaml import KeyPath, dotted, validate_yaml
+from pydantic import ValidationError
+
+from nurture.core._campaign_schema import (
+    MODELS,
+    SLUG,
+    WEEKDAYS,
+    CampaignModel,
+    StepModel,
+    cross_checks,
+)
+from nurture.core._yaml import KeyPath, dotted, load_yaml, validate_yaml
 from nurture.core.branching import Condition
 from nurture.errors import CampaignError
 
@@ -31,6 +41,8 @@ __all__ = [
     "Step",
     "Variant",
     "parse_campaign",
+    "postal_address_of",
+    "salvage_campaign",
 ]
 
 
@@ -143,6 +155,20 @@ class Campaign:
         """The line of a key in the campaign's file, e.g. `line_of("steps", 0, "template")`."""
         return self.lines.get(dotted(path))
 
+    @property
+    def sends_email(self) -> bool:
+        """True when a step is an email (not every step a rep task): then it needs a postal address."""
+        return any(step.task is None for step in self.steps)
+
+
+def postal_address_of(campaign: Campaign, fallback: str | None) -> str | None:
+    """The postal address `campaign`'s emails show: its `sender.postal_address`, else `fallback` (the
+    `NURTURE_POSTAL_ADDRESS` setting); None when neither gives one (blank counts as none)."""
+    for candidate in (campaign.sender.postal_address, fallback):
+        if candidate is not None and candidate.strip():
+            return candidate
+    return None
+
 
 # --- parsing ------------------------------------------------------------------------------------------------
 
@@ -163,6 +189,64 @@ def parse_campaign(text: str, *, source: str) -> Campaign:
         shape="a campaign file holds keys such as id, name, sender and steps",
     )
     return _to_campaign(model, source=source, text=text, lines=lines)
+
+
+def salvage_campaign(text: str, *, source: str) -> Campaign | None:
+    """What can still be checked of a campaign file that `parse_campaign` refuses: a campaign holding only
+    the steps that are valid on their own (each at the lines of its file), with the file's `id` (or its
+    name) and the sender's `postal_address` as written. None when no step is valid.
+
+    It is never run or sent: it lets one validation report the templates of a file's good steps together
+    with the file's other problems.
+    """
+    data, lines, _ = load_yaml(text)
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list):
+        return None
+    kept: list[Step] = []
+    at: dict[int, int] = {}  # index in the file -> index in the salvaged campaign
+    for index, raw in enumerate(steps):
+        step = _valid_step(raw)
+        if step is not None:
+            at[index] = len(kept)
+            kept.append(step)
+    if not kept:
+        return None
+    assert isinstance(data, dict)
+    raw_id, sender = data.get("id"), data.get("sender")
+    postal = sender.get("postal_address") if isinstance(sender, dict) else None
+    campaign_id = raw_id if isinstance(raw_id, str) and SLUG.fullmatch(raw_id) else PurePath(source).stem
+    return Campaign(
+        id=campaign_id,
+        name=str(data.get("name") or campaign_id),
+        sender=Sender("", postal_address=postal if isinstance(postal, str) else None),
+        steps=tuple(kept),
+        source=source,
+        lines=MappingProxyType(
+            {dotted(_moved(path, at)): line for path, line in lines.items() if path and _kept(path, at)}
+        ),
+    )
+
+
+def _valid_step(raw: Any) -> Step | None:
+    """The step `raw` describes when it is valid on its own and is a whole email or a whole task."""
+    try:
+        model = StepModel.model_validate(raw)
+    except ValidationError:
+        return None
+    if model.task is None and not (model.subject and model.template):
+        return None
+    return _to_step(model)
+
+
+def _kept(path: KeyPath, at: Mapping[int, int]) -> bool:
+    return path[0] != "steps" or len(path) == 1 or path[1] in at
+
+
+def _moved(path: KeyPath, at: Mapping[int, int]) -> KeyPath:
+    if path[0] == "steps" and len(path) > 1 and isinstance(path[1], int):
+        return ("steps", at[path[1]], *path[2:])
+    return path
 
 
 def _hh_mm(value: str) -> time:

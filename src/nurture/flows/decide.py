@@ -39,8 +39,8 @@ class StepRef:
 
 @dataclass(frozen=True, slots=True)
 class StepDecision:
-    action: Literal["send", "skip", "task"]
-    reason: str | None = None  # why a step is skipped, recorded on the delivery
+    action: Literal["send", "skip", "task", "fail"]  # fail: must not go out as the campaign stands
+    reason: str | None = None  # why a step is skipped (or failed), recorded on the delivery
     variant: str | None = None  # the variant to send, recorded on the delivery and its touchpoint
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 
 from nurture.catalog import Catalog
-from nurture.core.campaign import Campaign
+from nurture.core.campaign import Campaign, postal_address_of
 from nurture.core.caps import NO_CAP, FrequencyCap
 from nurture.core.context import owner_of, sender_as_rep, template_context
 from nurture.core.message import compose
@@ -198,7 +198,7 @@ def build_message(
         campaign=campaign,
         step=step,
         unsubscribe_url=unsubscribe,
-        postal_address=campaign.sender.postal_address or mailer.postal_address or "",
+        postal_address=postal_address_of(campaign, mailer.postal_address) or "",  # sends refuse none
     )
     rendered = mailer.renderer.render_step(campaign.id, step.id, context, variant=variant)
     rendered = _with_tracking(rendered, job, mailer, unsubscribe)

@@ -2,9 +2,10 @@
 whether it goes out now, and write down every one that does not.
 
 Held back, in this order: the lead left the campaign (`send_hold`), the recipient's domain is paused, the
-lead's send window is closed, the step is skipped or is a rep task (`decide_steps`), the lead's frequency
-cap is reached. A delivery held back for a time (domain, window, cap) is pending again at the first instant
-it may go, no attempt counted; nothing here is ever dropped. The rest stays `claimed`, taken by this worker
+lead's send window is closed, the step is skipped or is a rep task (`decide_steps`), the campaign gives no
+postal address (failed, with the reason: no email goes out without one), the lead's frequency cap is
+reached. A delivery held back for a time (domain, window, cap) is pending again at the first instant it may
+go, no attempt counted; nothing here is ever dropped. The rest stays `claimed`, taken by this worker
 (`sending_at` set, which frequency caps count), until its own message is about to go (flows.send_gate).
 """
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from nurture.core.campaign import Campaign
+from nurture.core.campaign import Campaign, postal_address_of
 from nurture.core.caps import NO_CAP, next_allowed_at
 from nurture.core.lifecycle import send_hold
 from nurture.core.ratelimit import recipient_domain
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from nurture.flows.deliver import Mailer
 
 log = logging.getLogger(__name__)
+
+# Why an email goes out to no one when its campaign and NURTURE_POSTAL_ADDRESS give no postal address.
+NO_POSTAL_ADDRESS = "no postal address: set the campaign's sender.postal_address or NURTURE_POSTAL_ADDRESS"
 
 
 @dataclass(slots=True)
@@ -139,13 +143,21 @@ async def _held(
 async def _decisions(
     conn: AsyncConnection, jobs: list[SendJob], mailer: Mailer, now: datetime
 ) -> dict[int, decide.StepDecision]:
+    """What each job's step does now; an email whose campaign gives no postal address fails instead."""
     if not jobs:
         return {}
     refs = [
         decide.StepRef(j.delivery_id, j.enrollment_id, j.lead.id, j.campaign_id, j.step_id, j.lead.score)
         for j in jobs
     ]
-    return await decide.decide_steps(conn, refs, mailer.catalog, now)
+    decisions = await decide.decide_steps(conn, refs, mailer.catalog, now)
+    campaigns = mailer.catalog.campaigns
+    for job in jobs:
+        campaign = campaigns.get(job.campaign_id)
+        unaddressed = campaign is not None and postal_address_of(campaign, mailer.postal_address) is None
+        if unaddressed and decisions.get(job.delivery_id, decide.SEND).action == "send":
+            decisions[job.delivery_id] = decide.StepDecision("fail", reason=NO_POSTAL_ADDRESS)
+    return decisions
 
 
 async def _not_an_email(
@@ -157,11 +169,15 @@ async def _not_an_email(
     writes: _Writes,
     now: datetime,
 ) -> None:
-    """A step the campaign skips for this lead, or one that hands the rep a task instead of an email."""
+    """A step the campaign skips for this lead, one that must not go out as the campaign stands, or one
+    that hands the rep a task instead of an email."""
     writes.ended.add(job.enrollment_id)
     log.info("delivery not emailed delivery_id=%s action=%s", job.delivery_id, decision.action)
     if decision.action == "skip":
         _skip(job, decision.reason or "skipped", triage, writes, now)
+        return
+    if decision.action == "fail":
+        _refuse(job, decision.reason or "refused", triage, writes, now)
         return
     ref = decide.StepRef(
         job.delivery_id, job.enrollment_id, job.lead.id, job.campaign_id, job.step_id, job.lead.score
@@ -169,10 +185,7 @@ async def _not_an_email(
     try:  # it finishes the delivery and writes its touchpoint itself
         alert_id = await decide.record_rep_task(conn, ref, mailer.catalog, now)
     except TemplateError as exc:
-        writes.finished.add(
-            job, status="failed", kind="email_failed", now=now, detail={"error": f"task: {exc}"}
-        )
-        triage.outcomes[job.delivery_id] = Outcome.FAILED
+        _refuse(job, f"task: {exc}", triage, writes, now)
         return
     if alert_id is not None:
         writes.alert_ids.append(alert_id)
@@ -197,6 +210,15 @@ def _skip(job: SendJob, reason: str, triage: Triage, writes: _Writes, now: datet
     writes.finished.add(job, status="skipped", kind="step_skipped", now=now, detail={"reason": reason})
     triage.outcomes[job.delivery_id] = Outcome.SKIPPED
     log.info("delivery skipped delivery_id=%s reason=%s", job.delivery_id, reason)
+
+
+def _refuse(job: SendJob, error: str, triage: Triage, writes: _Writes, now: datetime) -> None:
+    """The step cannot go out as the campaign stands (no postal address, a task title that fails): failed,
+    with the reason, and nothing sent."""
+    writes.ended.add(job.enrollment_id)
+    writes.finished.add(job, status="failed", kind="email_failed", now=now, detail={"error": error})
+    triage.outcomes[job.delivery_id] = Outcome.FAILED
+    log.warning("delivery refused delivery_id=%s campaign=%s: %s", job.delivery_id, job.campaign_id, error)
 
 
 def _later(

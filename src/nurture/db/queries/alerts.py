@@ -21,6 +21,7 @@ from nurture.ports import TimelineEntry
 
 # Written by rescoring itself: an alert already says the score before and after, and why.
 _NOT_IN_ALERTS = ("score_change", "moment")
+_WITH_REASON = frozenset({"email_failed", "step_skipped"})  # their subject says why
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,13 +150,16 @@ async def fetch_timeline(
 
 
 def _touchpoint_subject(row: Mapping[str, Any]) -> str | None:
-    """What a touchpoint was about: the URL of an event, the campaign step of an email, a stage change."""
+    """What a touchpoint was about: the URL of an event, the campaign step of an email (with the reason it
+    failed or was skipped), a stage change."""
     detail = row["detail"] or {}
     url = detail.get("url")
     if isinstance(url, str) and url:
         return url
     if row["campaign_id"] and row["step_id"]:
-        return f"{row['campaign_id']}/{row['step_id']}"
+        step = f"{row['campaign_id']}/{row['step_id']}"
+        why = detail.get("error") or detail.get("reason") if row["kind"] in _WITH_REASON else None
+        return f"{step}: {why}" if why else step
     if "before" in detail and "after" in detail:
         return f"{detail['before']} -> {detail['after']}"
     subject = row["campaign_id"] or detail.get("moment") or detail.get("owner")
