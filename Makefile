@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install run demo test test-fast lint bench bench-smoke
+.PHONY: install run demo test test-fast check-campaigns test-project lint bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# The shipped campaigns, templates, reps and scoring: valid, and their campaign tests pass. (The test suite
+# never reads them: it has its own copy in tests/fixtures/project.)
+check-campaigns: install
+	$(BIN)/nurture validate .
+	$(BIN)/nurture test
+
+# Refresh the tests' own copy of the project files from the checkout, after a deliberate change to them.
+test-project:
+	rm -rf tests/fixtures/project/campaigns tests/fixtures/project/templates tests/fixtures/project/examples
+	cp -R campaigns templates examples scoring.yaml reps.yaml tests/fixtures/project/
 
 # Without the integration and slow suites: the inner loop while developing.
 test-fast: install

@@ -749,9 +749,9 @@ def login_link(
 
 
 # Commands kept in modules of their own register on `app` when imported.
-from nurture import cli_compliance, cli_marketing, cli_report  # noqa: E402
+from nurture import cli_compliance, cli_deliveries, cli_marketing, cli_report  # noqa: E402
 
-__all__ = ["app", "cli_compliance", "cli_marketing", "cli_report", "main"]
+__all__ = ["app", "cli_compliance", "cli_deliveries", "cli_marketing", "cli_report", "main"]
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ from nurture.flows.engage import record_event
 from nurture.flows.ingest import import_leads
 from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 OWNER = "lin.chen@acmeflow.example"
 

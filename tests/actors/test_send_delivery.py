@@ -23,8 +23,9 @@ from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
 from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Taipei
 
 

@@ -14,6 +14,7 @@ from nurture.core.campaign import RepTask
 from nurture.core.context import SAMPLE_LEAD, SAMPLE_REP, Rep, template_context
 from nurture.core.scoring import DEFAULT_RULES, Thresholds
 from nurture.errors import ConfigErrors, TemplateError
+from tests.project import PROJECT
 
 TEMPLATE = '<p>Hi {{ lead.first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
 TEMPLATE += "<p>{{ postal_address }}</p>"  # the opt-out footer validation requires
@@ -54,7 +55,7 @@ def write(root: Path, name: str, text: str) -> Path:
     return path
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SCORING = """\
 points: {email_open: 1, page_visit: 2}
 thresholds: {mql: 30, hot: 60}

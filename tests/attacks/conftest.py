@@ -22,8 +22,9 @@ from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
 from nurture.web.auth import issue_api_key
 from nurture.web.server import WebAddress, build_server
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "attack-test-secret-key-0123456789"
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Taipei: the first step is due at once
 

@@ -24,8 +24,9 @@ from sqlalchemy import text
 
 from nurture.clock import FileClock
 from nurture.db.engine import Database
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "fault-suite-secret-key-0123456789"
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every window used here
 FINAL = ("sent", "failed", "bounced", "skipped", "cancelled", "unknown")

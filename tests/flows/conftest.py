@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from nurture.catalog import Catalog, load_catalog
 from nurture.flows.deliver import Mailer
 from tests.fakes import RecordingTransport
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 
 
 @pytest.fixture(scope="session")

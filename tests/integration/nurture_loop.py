@@ -11,7 +11,6 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,9 +24,10 @@ from nurture.db.queries.campaign_language import fetch_step_histories
 from nurture.db.queries.leads import suppress_lead
 from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, touchpoints
 from nurture.flows.ingest import import_leads
+from tests.project import PROJECT
 from tests.smtp_sink import ReceivedMessage
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 LEADS_CSV = ROOT / "examples" / "leads.csv"
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday
 DAYS = 25

@@ -26,9 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.project import PROJECT
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = PROJECT  # the tests' own project files (tests/project.py)
 LEADS_CSV = REPO / "examples" / "leads.csv"
 LEADS_WITH_ERRORS_CSV = REPO / "examples" / "leads-with-errors.csv"
 TIMEOUT_S = 60
@@ -308,7 +310,7 @@ def test_tick_with_a_now_that_is_not_iso8601_fails_with_a_one_line_reason(cli: C
 # -- validate ------------------------------------------------------------------------------------------------
 
 
-def test_validate_accepts_the_repository_files_with_an_ok_line(cli: Cli) -> None:
+def test_validate_accepts_the_project_files_with_an_ok_line(cli: Cli) -> None:
     result = ok(cli("validate"))
     campaigns = len(list((REPO / "campaigns").glob("*.yaml")))
     assert result.stdout.startswith(f"ok: {campaigns} campaign(s), ")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from nurture.core.privacy import address_hash
+from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 
 
 def _nurture(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

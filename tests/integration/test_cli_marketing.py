@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.project import PROJECT
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = PROJECT  # the tests' own project files (tests/project.py)
 TIMEOUT_S = 120
 CAMPAIGN = """\
 id: mini
@@ -100,7 +101,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_the_campaign_tests_shipped_in_the_repository_pass(tmp_path: Path) -> None:
+def test_the_campaign_tests_of_the_project_pass(tmp_path: Path) -> None:
     env = base_env(tmp_path) | {
         "NURTURE_CAMPAIGNS_DIR": str(REPO / "campaigns"),
         "NURTURE_TEMPLATES_DIR": str(REPO / "templates"),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.project import PROJECT
+
+REPO = PROJECT  # the tests' own project files (tests/project.py)
 MONDAY = "2026-03-02T02:00:00Z"  # 10:00 in Taipei
 THREE_WEEKS_LATER = "2026-03-23T02:00:00Z"
 

@@ -41,12 +41,13 @@ from nurture.settings import Settings
 from nurture.web.tracking import PIXEL_GIF
 from tests import services
 from tests.integration.nurture_loop import wait_until_idle
+from tests.project import PROJECT
 from tests.smtp_sink import ReceivedMessage, SmtpSink, smtp_sink_fixture  # noqa: F401
 from tests.webhook_receiver import ReceivedPost, WebhookReceiver, webhook_receiver_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "engagement-e2e-secret-key-0123456789"
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Taipei: day 0 is due at once
 LEAD = "mei.lin@example.com"

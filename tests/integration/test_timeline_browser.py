@@ -25,11 +25,12 @@ from nurture.core.events import InboundEvent
 from nurture.flows.engage import record_events
 from nurture.flows.escalate import rescore
 from tests.integration.test_timeline_web import PRICING, Web, hot_lead, serve
+from tests.project import CHECKOUT
 from tests.services import IN_CI
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = CHECKOUT  # where the screenshots go
 ARTIFACTS = ROOT / "test-artifacts"
 PHONE_WIDTH = 390
 CHROMIUM_TIMEOUT_S = 120

@@ -41,10 +41,11 @@ from nurture.settings import Settings
 from nurture.web.auth import issue_api_key, revoke_key
 from nurture.web.server import WebAddress, build_server
 from nurture.web.sessions import issue_login_link
+from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "timeline-test-secret-key-0123456789"
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Taipei
 PRICING = "https://acmeflow.example/pricing"

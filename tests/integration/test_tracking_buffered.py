@@ -41,11 +41,12 @@ from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
 from nurture.web.app import create_app
 from nurture.web.server import WebAddress, build_server
+from tests.project import PROJECT
 from tests.services import REDIS_URL, require_service, truncate_all
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "buffered-tracking-secret-0123456789"
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TARGET = "https://acmeflow.example/tour/first-three-workflows?utm_source=email"

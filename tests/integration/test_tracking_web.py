@@ -40,10 +40,11 @@ from nurture.settings import Settings
 from nurture.web.app import create_app
 from nurture.web.server import WebAddress, build_server
 from nurture.web.tracking import PIXEL_GIF
+from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "tracking-test-secret-key-0123456789"
 # Monday 2026-03-02 10:00 in Taipei: the first step of the campaign is due at once.
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)

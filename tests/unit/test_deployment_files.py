@@ -21,8 +21,9 @@ import yaml
 
 from nurture.cli import app
 from nurture.settings import Settings
+from tests.project import CHECKOUT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = CHECKOUT  # deployment files are the checkout's
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,9 @@ from nurture.core.scoring import (
     parse_scoring,
 )
 from nurture.errors import ConfigError, ConfigErrors
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SOURCE = "scoring.yaml"
 
 # Line numbers matter: the tests below assert them.

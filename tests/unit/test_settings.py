@@ -10,12 +10,13 @@ import pytest
 from nurture.errors import ConfigError
 from nurture.runtime import build_runtime
 from nurture.settings import Settings, default_base_url, load_settings, redact_url
+from tests.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT  # the tests' own project files (tests/project.py)
 
 
 def test_settings_with_nothing_configured_are_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT / "tests")  # no .env here
+    monkeypatch.chdir(ROOT)  # no .env here
     settings = Settings.model_validate({})
     assert settings.is_embedded
     assert settings.effective_database_url == "sqlite+aiosqlite:///var/nurture.db"

@@ -167,7 +167,7 @@ class _Sender:
         except TransientSendError as exc:
             recorder.transient(job, exc)
         except SendOutcomeUnknownError as exc:
-            recorder.unknown(job, exc)
+            recorder.unknown(job, exc, message.message_id)
         except PermanentSendError as exc:
             recorder.bounced(job, exc)
         else:

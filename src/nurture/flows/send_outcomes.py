@@ -129,8 +129,9 @@ class OutcomeRecorder:
     def failed(self, job: SendJob, error: str) -> None:
         self._put(_Reply(job, Outcome.FAILED, {"error": error}))
 
-    def unknown(self, job: SendJob, exc: SendOutcomeUnknownError) -> None:
-        self._put(_Reply(job, Outcome.UNKNOWN, {"error": str(exc)}))
+    def unknown(self, job: SendJob, exc: SendOutcomeUnknownError, message_id: str) -> None:
+        """Kept with the error and the Message-ID, which the operator looks for in the relay's log."""
+        self._put(_Reply(job, Outcome.UNKNOWN, {"error": str(exc)}, message_id))
 
     def bounced(self, job: SendJob, exc: PermanentSendError) -> None:
         self.stopped_leads.add(job.lead.id)

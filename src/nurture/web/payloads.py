@@ -36,6 +36,7 @@ RESERVED_TYPES: Final = frozenset(
         "email_sent",
         "email_failed",
         "email_unknown",
+        "email_resend",
         "enrolled",
         "exited",
         "unsubscribed",

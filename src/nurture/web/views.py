@@ -26,6 +26,7 @@ _LABELS: Final = {
     "email_sent": "Email sent",
     "email_failed": "Email failed",
     "email_unknown": "Email outcome unknown",
+    "email_resend": "Email to be sent again (outcome was unknown)",
     "email_open": "Opened an email",
     "email_click": "Clicked an email link",
     "email_reply": "Replied to an email",

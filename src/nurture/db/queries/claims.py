@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, exists, false, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, false, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.ratelimit import RateLimits, WindowCount, grant
@@ -247,6 +247,9 @@ async def _complete_enrollments_without_open_work(
         await conn.execute(update(leads).where(leads.c.id.in_(done)).values(enroll_pending=True))
 
 
+_STOPPED = "worker stopped during the SMTP conversation"
+
+
 async def mark_stale_sending_unknown(
     conn: AsyncConnection, *, now: datetime, older_than: timedelta
 ) -> list[int]:
@@ -255,8 +258,18 @@ async def mark_stale_sending_unknown(
     rows = await conn.execute(
         update(deliveries)
         .where(deliveries.c.status == "sending", deliveries.c.sending_at <= now - older_than)
-        .values(status="unknown", last_error="worker stopped during the SMTP conversation")
-        .returning(deliveries.c.id, deliveries.c.lead_id, deliveries.c.campaign_id, deliveries.c.step_id)
+        .values(
+            status="unknown",
+            # what an earlier attempt heard (a 421, a held-back reason) stays readable
+            last_error=_STOPPED + func.coalesce(" (before: " + deliveries.c.last_error + ")", ""),
+        )
+        .returning(
+            deliveries.c.id,
+            deliveries.c.lead_id,
+            deliveries.c.campaign_id,
+            deliveries.c.step_id,
+            deliveries.c.last_error,
+        )
     )
     found = rows.all()
     await append_touchpoints(
@@ -269,6 +282,7 @@ async def mark_stale_sending_unknown(
                 "campaign_id": row.campaign_id,
                 "step_id": row.step_id,
                 "delivery_id": row.id,
+                "detail": {"error": row.last_error},
             }
             for row in found
         ],
