@@ -60,6 +60,7 @@ __all__ = [
     "ScoringRules",
     "Thresholds",
     "UrlRule",
+    "falls_below_at",
     "matched_moments",
     "next_drop_at",
     "parse_scoring",
@@ -215,6 +216,16 @@ def next_drop_at(points: float, scored_at: datetime, now: datetime, half_life: t
         return None
     crossing = scored_at + half_life * math.log2(points / (value - 0.5))
     return max(crossing, now) + _DROP_MARGIN
+
+
+def falls_below_at(
+    points: float, scored_at: datetime, threshold: int, half_life: timedelta
+) -> datetime | None:
+    """When `score_as_of` first falls below `threshold` by decay alone; None if it was below at `scored_at`
+    (or `threshold` is 0 or less, which no score falls below)."""
+    if threshold <= 0 or round(points) < threshold:
+        return None
+    return scored_at + half_life * math.log2(points / (threshold - 0.5)) + _DROP_MARGIN
 
 
 def _decayed(points: float, scored_at: datetime, now: datetime, half_life: timedelta) -> float:

@@ -78,6 +78,8 @@ class LeadRecord:
     suppressed_reason: str | None
     score_updated_at: datetime | None
     created_at: datetime
+    score_points: float | None = None  # unrounded, at `score_points_at` (the last rescore)
+    score_points_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +306,8 @@ def _lead_record(row: Row[Any]) -> LeadRecord:
         suppressed_reason=row.suppressed_reason,
         score_updated_at=row.score_updated_at,
         created_at=row.created_at,
+        score_points=row.score_points,
+        score_points_at=row.score_points_at,
     )
 
 
