@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/tracking_rps.py --runs 3 --seconds 5
 	$(BIN)/python bench/dashboard.py --leads 100000 --runs 3
 	$(BIN)/python bench/token_timing.py
+	$(BIN)/python bench/score_decay.py --leads 100000 --runs 3
 
 # The same scripts at toy sizes, so they never rot (CI runs this; no figure is asserted).
 bench-smoke: install
@@ -64,3 +65,4 @@ bench-smoke: install
 	$(BIN)/python bench/tracking_rps.py --smoke
 	$(BIN)/python bench/dashboard.py --leads 500 --runs 1
 	$(BIN)/python bench/token_timing.py --smoke
+	$(BIN)/python bench/score_decay.py --smoke

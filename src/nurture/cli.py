@@ -403,6 +403,11 @@ def _explanation_data(found: LeadExplanation) -> dict[str, Any]:
         "score_updated_at": _iso(lead.score_updated_at),
         "score_now": found.breakdown.total,
         "scored_at": _iso(found.scored_at),
+        "score_rescored": found.rescored,
+        "score_rescored_at": _iso(lead.score_points_at),
+        "below_by_decay": [
+            {"threshold": d.name, "value": d.threshold, "since": _iso(d.since)} for d in found.below_by_decay
+        ],
         "rules": found.rules_source,
         "events": [scored_event_data(item) for item in found.breakdown.items],
         "enrollments": [
@@ -437,6 +442,16 @@ def _explanation_data(found: LeadExplanation) -> dict[str, Any]:
     }
 
 
+def _score_line(found: LeadExplanation) -> str:
+    """ "Score 8 as of now by scoring.yaml (16 at the last rescore, 2026-03-02 02:00)"."""
+    lead = found.lead
+    now = f"Score {found.breakdown.total} as of now by {found.rules_source}"
+    if lead.score_points_at is not None and found.rescored is not None:
+        return f"{now} ({found.rescored} at the last rescore, {_when(lead.score_points_at)})"
+    stored_at = _when(lead.score_updated_at) if lead.score_updated_at else "never"
+    return f"{now} ({lead.profile.score} stored, computed {stored_at})"
+
+
 def _explanation_lines(found: LeadExplanation) -> list[str]:
     lead, p = found.lead, found.lead.profile
     name = " ".join(x for x in (p.first_name, p.last_name) if x)
@@ -445,10 +460,11 @@ def _explanation_lines(found: LeadExplanation) -> list[str]:
     lines.append(f"grade {p.grade or '-'}, stage {p.stage}, owner {p.owner or '-'}")
     if lead.suppressed:
         lines.append(f"suppressed: {lead.suppressed_reason or 'yes'}")
-    stored_at = _when(lead.score_updated_at) if lead.score_updated_at else "never"
+    lines += ["", _score_line(found)]
     lines += [
-        "",
-        f"Score {p.score} (computed {stored_at}); {found.breakdown.total} now by {found.rules_source}",
+        f"  below the {d.name.upper()} threshold {d.threshold} since {_when(d.since)} by decay"
+        + (" (the stage stays MQL: decay never moves a stage back)" if d.name == "mql" else "")
+        for d in found.below_by_decay
     ]
     lines.append(f"  {'when (UTC)':<16}  {'event':<16} {'base':>5} {'now':>6}  url, or why it does not count")
     for item in found.breakdown.items:

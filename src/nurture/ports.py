@@ -63,6 +63,7 @@ class Renderer(Protocol):
 
 _TRIGGER_TITLES = {"hot": "Hot lead", "mql": "New MQL"}
 _DEFAULT_TITLE = "Buying signal"  # moments ("moment:<name>") and anything newer
+_UPPER_STAGES = frozenset({"mql", "sql"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +87,10 @@ class AlertMessage:
     lead_id: int
     trigger: str  # mql | hot | moment:<name>: the first of the triggers
     reason: str  # every trigger's reason, joined with "; "
-    score_before: int
+    score_before: int  # when the alert was raised (or last revised by a handoff)
     score_after: int
+    score_now: int  # the lead's score and stage as the alert is sent, decay included
+    stage: str
     created_at: datetime
     lead_email: str
     lead_name: str | None
@@ -98,6 +101,8 @@ class AlertMessage:
     owner_name: str | None
     recent: tuple[TimelineEntry, ...]  # newest first
     timeline_url: str
+    updates: int | None = None  # the earlier alert, sent inside the cooldown, this handoff updates
+    revision: int = 0  # how many handoffs revised the alert before it was sent
 
     def who(self) -> str:
         """The lead as a rep names it: "Mei Lin, Example Logistics", or its email address."""
@@ -106,9 +111,16 @@ class AlertMessage:
         return ", ".join(p for p in (name, company) if p) or _one_line(self.lead_email)
 
     def title(self) -> str:
-        """One line: what kind of alert, who, and the score."""
-        kind = _TRIGGER_TITLES.get(self.trigger, _DEFAULT_TITLE)
-        return f"{kind}: {self.who()} (score {self.score_after})"
+        """One line: what kind of alert, who, and the score and stage now.
+
+        A handoff that updates an alert sent inside the cooldown says so: "Now MQL: Mei Lin (score 71, MQL)".
+        """
+        stage = stage_label(self.stage)
+        if self.updates is not None and self.trigger in _TRIGGER_TITLES:
+            kind = f"Now {stage}" if self.trigger == "mql" else f"Now {_TRIGGER_TITLES[self.trigger].lower()}"
+        else:
+            kind = _TRIGGER_TITLES.get(self.trigger, _DEFAULT_TITLE)
+        return f"{kind}: {self.who()} (score {self.score_now}, {stage})"
 
     def text(self) -> str:
         """The body: who, why, the score, the recent activity and the link to the lead's timeline."""
@@ -121,7 +133,12 @@ class AlertMessage:
             lines.append(f"Source: {_one_line(self.lead_source)}")
         lines += ["", "Why now:"]
         lines += [f"- {_one_line(part)}" for part in self.reason.split("; ") if part.strip()]
-        lines.append(f"Score: {self.score_before} -> {self.score_after}")
+        score = f"Score: {self.score_now} now, stage {stage_label(self.stage)}"
+        if (self.score_before, self.score_after) != (self.score_now, self.score_now):
+            score += f" ({self.score_before} -> {self.score_after} when raised)"
+        lines.append(score)
+        if self.updates is not None:
+            lines.append(f"Updates alert {self.updates}, sent earlier inside the cooldown")
         if self.owner_email:
             owner = _one_line(self.owner_name)
             lines.append(f"Owner: {owner} <{self.owner_email}>" if owner else f"Owner: {self.owner_email}")
@@ -130,6 +147,11 @@ class AlertMessage:
             lines += [_timeline_line(entry) for entry in self.recent]
         lines += ["", f"Timeline: {self.timeline_url}"]
         return "\n".join(lines)
+
+
+def stage_label(stage: str) -> str:
+    """A stage as a rep reads it: "MQL", "SQL", or the stage's own name."""
+    return stage.upper() if stage in _UPPER_STAGES else _one_line(stage)
 
 
 def _timeline_line(entry: TimelineEntry) -> str:

@@ -28,6 +28,8 @@ ALERT = AlertMessage(
     reason="score crossed hot (80): 62 -> 85; pricing_visit: visited https://acme.example/pricing",
     score_before=62,
     score_after=85,
+    score_now=85,
+    stage="mql",
     created_at=CREATED,
     lead_email="mei.lin@example.com",
     lead_name="Mei Lin",
@@ -72,7 +74,7 @@ async def test_the_email_sink_mails_the_owner_a_plain_text_alert(
     assert msg.get_content_type() == "text/plain"
     body = msg.get_content()
     assert "https://nurture.example.com/leads/42" in body
-    assert "Score: 62 -> 85" in body
+    assert "Score: 85 now, stage MQL (62 -> 85 when raised)" in body
     assert "List-Unsubscribe" not in msg
 
 
@@ -115,7 +117,7 @@ async def test_lead_data_cannot_add_a_header_to_the_alert_email(
     [received] = smtp_sink.messages
     assert received.message["Bcc"] is None
     assert received.rcpt_tos == ("lin.chen@acmeflow.example",)
-    assert received.message["Subject"] == "Hot lead: Mei Bcc: victim@example.com, X Y (score 85)"
+    assert received.message["Subject"] == "Hot lead: Mei Bcc: victim@example.com, X Y (score 85, MQL)"
 
 
 def test_the_email_sink_refuses_a_sender_that_is_not_an_address() -> None:

@@ -469,3 +469,123 @@ async def test_an_event_whose_rescore_was_lost_is_found_again_until_it_is_scored
     assert result is not None
     assert [a["trigger"] for a in await _alerts(db, lead_id)] == ["moment:pricing_visit"]
     assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=5)) == []
+
+
+# --- the handoff and the cooldown -----------------------------------------------------------------------
+
+PRICING = "https://acme.example/pricing"
+
+
+async def _lead_at_21_after_a_pricing_visit(db: Database, catalog: Catalog, email: str) -> int:
+    """A lead at 6 points visits the pricing page (15, a moment): one pending moment alert, score 21."""
+    lead_id = await _add_lead(db, email, owner=OWNER)
+    await _add_event(db, lead_id, "page_visit", NOW - timedelta(seconds=2), url="https://acme.example/a")
+    await _add_event(db, lead_id, "page_visit", NOW - timedelta(seconds=1), url="https://acme.example/b")
+    await _add_event(db, lead_id, "page_visit", NOW, url=PRICING)
+    result = await rescore(lead_id, db=db, catalog=catalog, now=NOW)
+    assert result is not None
+    assert result.score_after == 21
+    assert len(result.alert_ids) == 1
+    return lead_id
+
+
+async def test_an_mql_crossing_17_ms_after_a_moment_alert_revises_it_and_the_rep_gets_mql_at_71(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a pricing-page moment alert still pending (score 21)
+    lead_id = await _lead_at_21_after_a_pricing_visit(db, catalog, "moment-then-mql@example.com")
+    [moment_alert] = await _alerts(db, lead_id)
+    # When the lead books a meeting 17 ms later and crosses MQL inside the cooldown
+    later = NOW + timedelta(milliseconds=17)
+    await _add_event(db, lead_id, "meeting_booked", later)
+    result = await rescore(lead_id, db=db, catalog=catalog, now=later)
+    assert result is not None
+    assert (result.score_after, result.stage_change is not None) == (71, True)
+    # Then the pending alert carries the handoff (its queued message sends it), no second alert is made
+    assert result.alert_ids == ()
+    [alert] = await _alerts(db, lead_id)
+    assert alert["id"] == moment_alert["id"]
+    assert (alert["trigger"], alert["score_after"]) == ("mql", 71)
+    assert alert["detail"]["triggers"] == ["mql", "moment:pricing_visit"]
+    assert "alert_revised" in await _kinds(db, lead_id)
+    # And the rep gets one alert that says MQL at 71, and why
+    sink = RecordingAlertSink()
+    assert await deliver_alert(
+        alert["id"], db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=later
+    )
+    [message] = sink.alerts
+    assert message.title() == "New MQL: moment-then-mql@example.com (score 71, MQL)"
+    assert "crossed mql" in message.reason
+    assert "pricing_visit" in message.reason
+
+
+async def test_an_mql_crossing_after_the_moment_alert_was_sent_raises_an_alert_that_updates_it(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a pricing-page moment alert already delivered to the rep (score 21)
+    lead_id = await _lead_at_21_after_a_pricing_visit(db, catalog, "sent-then-mql@example.com")
+    [moment_alert] = await _alerts(db, lead_id)
+    sink = RecordingAlertSink()
+    await deliver_alert(moment_alert["id"], db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=NOW)
+    # When the lead crosses MQL an hour later, inside the cooldown
+    later = NOW + timedelta(hours=1)
+    await _add_event(db, lead_id, "meeting_booked", later)
+    result = await rescore(lead_id, db=db, catalog=catalog, now=later)
+    # Then a new alert is raised for the handoff, marked as updating the one sent
+    assert result is not None
+    [alert_id] = result.alert_ids
+    first, second = await _alerts(db, lead_id)
+    assert (second["id"], second["trigger"], second["detail"]["updates"]) == (alert_id, "mql", first["id"])
+    await deliver_alert(alert_id, db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=later)
+    assert [m.title() for m in sink.alerts] == [
+        "Buying signal: sent-then-mql@example.com (score 21, lead)",
+        "Now MQL: sent-then-mql@example.com (score 71, MQL)",
+    ]
+    assert f"Updates alert {first['id']}" in sink.alerts[1].text()
+
+
+async def test_a_moment_held_back_by_the_cooldown_is_on_the_timeline(db: Database, catalog: Catalog) -> None:
+    lead_id = await _lead_at_21_after_a_pricing_visit(db, catalog, "held@example.com")
+    later = NOW + timedelta(hours=2)
+    await _add_event(db, lead_id, "page_visit", later, url=PRICING + "/enterprise")
+    result = await rescore(lead_id, db=db, catalog=catalog, now=later)
+    assert result is not None
+    assert result.alert_ids == ()
+    [first] = await _alerts(db, lead_id)
+    [held] = await _rows(db, select(touchpoints.c.detail).where(touchpoints.c.kind == "alert_held"))
+    assert held["detail"]["alert_id"] == first["id"]
+    assert held["detail"]["triggers"] == ["moment:pricing_visit"]
+
+
+class _HandoffWhileSending(RecordingAlertSink):
+    """A sink during whose first send the lead books a meeting and is rescored: the race of 17 ms."""
+
+    def __init__(self, db: Database, catalog: Catalog, lead_id: int, at: datetime) -> None:
+        super().__init__()
+        self._handoff: tuple[Database, Catalog, int, datetime] | None = (db, catalog, lead_id, at)
+
+    async def send(self, alert: Any, *, notify_urls: Any) -> None:
+        await super().send(alert, notify_urls=notify_urls)
+        if self._handoff is not None:
+            db, catalog, lead_id, at = self._handoff
+            self._handoff = None
+            await _add_event(db, lead_id, "meeting_booked", at)
+            await rescore(lead_id, db=db, catalog=catalog, now=at)
+
+
+async def test_a_handoff_that_revises_an_alert_while_it_is_sent_is_sent_at_once(
+    db: Database, catalog: Catalog
+) -> None:
+    lead_id = await _lead_at_21_after_a_pricing_visit(db, catalog, "race@example.com")
+    [alert] = await _alerts(db, lead_id)
+    later = NOW + timedelta(milliseconds=17)
+    sink = _HandoffWhileSending(db, catalog, lead_id, later)
+    assert await deliver_alert(
+        alert["id"], db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=later
+    )
+    assert [m.title() for m in sink.alerts] == [
+        "Buying signal: race@example.com (score 21, lead)",
+        "New MQL: race@example.com (score 71, MQL)",
+    ]
+    [row] = await _alerts(db, lead_id)
+    assert (row["status"], row["detail"]["revision"]) == ("delivered", 1)

@@ -93,16 +93,18 @@ async def test_lead_timeline_has_the_events_scores_stage_change_alert_and_touchp
     ]
     assert [(c.before, c.after) for c in t.stage_changes] == [("lead", "mql")]
     assert t.stage_changes[0].reason is not None
-    # The campaign was left on qualifying; the rep was alerted of the moment (the cooldown held back the mql)
+    # The campaign was left on qualifying; the moment's alert, still pending, was revised with the handoff
     [enrollment] = t.enrollments
     assert (enrollment.state, enrollment.exit_reason) == ("exited", "qualified")
-    assert [a.trigger for a in t.alerts] == ["moment:pricing_visit"]
+    assert [a.trigger for a in t.alerts] == ["mql"]
+    assert "crossed mql" in t.alerts[0].reason
     assert "pricing" in t.alerts[0].reason
     # Every touchpoint is there, newest first, on one page
     assert [tp.id for tp in t.touchpoints] == await _touchpoint_order(db, lead_id)
     assert t.touchpoint_count == len(t.touchpoints)
     # (written in one rescore at one instant, the last written comes first)
-    assert [tp.kind for tp in t.touchpoints][:4] == [
+    assert [tp.kind for tp in t.touchpoints][:5] == [
+        "alert_revised",
         "exited",
         "stage_change",
         "score_change",

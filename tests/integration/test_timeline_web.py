@@ -498,8 +498,9 @@ async def test_the_lead_page_answers_a_bearer_key_in_html_or_json(web: Web) -> N
     assert [(c["before"], c["after"]) for c in body["score_history"]] == [(15, 65), (0, 15)]
     assert [(c["before"], c["after"]) for c in body["stage_changes"]] == [("lead", "mql")]
     assert [(e["state"], e["exit_reason"]) for e in body["enrollments"]] == [("exited", "qualified")]
-    assert [a["trigger"] for a in body["alerts"]] == ["moment:pricing_visit"]
-    assert body["touchpoints"][0]["kind"] == "exited"
+    # The pricing visit's alert, still pending when the lead crossed MQL, carries the handoff
+    assert [a["trigger"] for a in body["alerts"]] == ["mql"]
+    assert [t["kind"] for t in body["touchpoints"][:2]] == ["alert_revised", "exited"]
     assert body["touchpoints"][-1]["kind"] == "enrolled"
     assert body["page"] == {
         "before": None,

@@ -17,6 +17,8 @@ ALERT = AlertMessage(
     reason="score crossed hot (80): 62 -> 85; pricing_visit: visited https://acme.example/pricing",
     score_before=62,
     score_after=85,
+    score_now=85,
+    stage="mql",
     created_at=AT,
     lead_email="mei.lin@example.com",
     lead_name="Mei Lin",
@@ -33,9 +35,9 @@ ALERT = AlertMessage(
 @pytest.mark.parametrize(
     ("trigger", "title"),
     [
-        ("hot", "Hot lead: Mei Lin, Example Logistics (score 85)"),
-        ("mql", "New MQL: Mei Lin, Example Logistics (score 85)"),
-        ("moment:pricing_visit", "Buying signal: Mei Lin, Example Logistics (score 85)"),
+        ("hot", "Hot lead: Mei Lin, Example Logistics (score 85, MQL)"),
+        ("mql", "New MQL: Mei Lin, Example Logistics (score 85, MQL)"),
+        ("moment:pricing_visit", "Buying signal: Mei Lin, Example Logistics (score 85, MQL)"),
     ],
 )
 def test_title_says_what_kind_of_alert_who_and_the_score(trigger: str, title: str) -> None:
@@ -52,7 +54,7 @@ def test_text_gives_who_why_the_score_the_touchpoints_and_the_timeline_link() ->
         "Why now:",
         "- score crossed hot (80): 62 -> 85",
         "- pricing_visit: visited https://acme.example/pricing",
-        "Score: 62 -> 85",
+        "Score: 85 now, stage MQL (62 -> 85 when raised)",
         "Owner: Lin Chen <lin.chen@acmeflow.example>",
         "",
         "Last 2 touchpoints (newest first, UTC):",
@@ -73,7 +75,7 @@ def test_a_lead_known_only_by_email_is_named_by_it_and_empty_parts_are_left_out(
         owner_email=None,
         recent=(),
     )
-    assert bare.title() == "Hot lead: mei.lin@example.com (score 85)"
+    assert bare.title() == "Hot lead: mei.lin@example.com (score 85, MQL)"
     text = bare.text()
     assert "Source:" not in text
     assert "Owner:" not in text
@@ -82,5 +84,5 @@ def test_a_lead_known_only_by_email_is_named_by_it_and_empty_parts_are_left_out(
 
 def test_lead_data_is_kept_on_one_line() -> None:
     hostile = replace(ALERT, lead_name="Mei\r\nLin\x00", lead_company="Ex\u2028ample", lead_title="C\tO\x85O")
-    assert hostile.title() == "Hot lead: Mei Lin, Ex ample (score 85)"
+    assert hostile.title() == "Hot lead: Mei Lin, Ex ample (score 85, MQL)"
     assert hostile.text().splitlines()[:2] == ["Mei Lin, Ex ample", "C O O"]

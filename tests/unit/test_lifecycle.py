@@ -15,6 +15,7 @@ from nurture.core.lead import STAGES, Lead
 from nurture.core.lifecycle import (
     AlertTrigger,
     Hold,
+    alert_action,
     alert_triggers,
     assign_owner,
     choose_campaign,
@@ -500,3 +501,25 @@ def test_assign_owner_goes_round_robin_over_active_reps(
     reps: tuple[Rep, ...], counters: range | list[int], expected: list[Rep | None]
 ) -> None:
     assert [assign_owner(reps, n) for n in counters] == expected
+
+
+# --- alert_action ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("last_alert_at", "last_pending", "handoff", "expected"),
+    [
+        pytest.param(None, False, False, "raise", id="never alerted"),
+        pytest.param(AT - DAY, False, False, "raise", id="cooldown over"),
+        pytest.param(AT - timedelta(hours=1), True, False, "hold", id="noise inside the cooldown"),
+        pytest.param(AT - timedelta(hours=1), False, False, "hold", id="noise after a sent alert"),
+        pytest.param(AT - timedelta(milliseconds=17), True, True, "revise", id="handoff, alert pending"),
+        pytest.param(AT - timedelta(hours=1), False, True, "update", id="handoff, alert sent"),
+        pytest.param(AT - DAY, True, True, "raise", id="handoff after the cooldown"),
+    ],
+)
+def test_alert_action_never_holds_back_the_handoff(
+    last_alert_at: datetime | None, last_pending: bool, handoff: bool, expected: str
+) -> None:
+    action = alert_action(last_alert_at, last_pending=last_pending, now=AT, cooldown=DAY, handoff=handoff)
+    assert action == expected

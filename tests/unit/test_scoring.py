@@ -21,8 +21,11 @@ from nurture.core.scoring import (
     ScoreBreakdown,
     ScoringRules,
     UrlRule,
+    falls_below_at,
     matched_moments,
+    next_drop_at,
     score,
+    score_as_of,
     url_matches,
 )
 
@@ -559,3 +562,62 @@ def test_matched_moments_finds_nothing_without_moments_or_new_events() -> None:
 
     assert matched_moments([event(1, url="/pricing")], [], no_moments) == ()
     assert matched_moments([], [event(1, url="/pricing")], DEFAULT_RULES) == ()
+
+
+# --- decay of a stored score ----------------------------------------------------------------------------
+
+HALF = DEFAULT_RULES.half_life
+points_values = st.floats(min_value=0, max_value=5_000, allow_nan=False)
+ages = st.integers(min_value=0, max_value=400 * 86_400)
+
+
+@given(points=points_values, first=ages, more=ages)
+def test_decay_never_raises_a_stored_score(points: float, first: int, more: int) -> None:
+    earlier = score_as_of(points, START, START + timedelta(seconds=first), HALF)
+    later = score_as_of(points, START, START + timedelta(seconds=first + more), HALF)
+    assert 0 <= later <= earlier <= round(points)
+
+
+@given(points=points_values, age=ages)
+def test_a_refresh_is_idempotent_and_next_drop_at_is_when_the_score_falls(points: float, age: int) -> None:
+    now = START + timedelta(seconds=age)
+    value = score_as_of(points, START, now, HALF)
+    drop = next_drop_at(points, START, now, HALF)
+    if value == 0:
+        assert drop is None
+        return
+    assert drop is not None
+    assert drop > now
+    # Refreshing again at `now`, or at any instant before the drop, gives the same value
+    assert score_as_of(points, START, now, HALF) == value
+    before = drop - timedelta(milliseconds=2)
+    if before >= now:
+        assert score_as_of(points, START, before, HALF) == value
+    assert score_as_of(points, START, drop, HALF) < value
+    # And a refresh at the drop schedules the next one later still
+    following = next_drop_at(points, START, drop, HALF)
+    assert following is None or following > drop
+
+
+@given(points=points_values, threshold=st.integers(1, 200))
+def test_falls_below_at_is_the_first_instant_under_the_threshold(points: float, threshold: int) -> None:
+    since = falls_below_at(points, START, threshold, HALF)
+    if round(points) < threshold:
+        assert since is None
+        return
+    assert since is not None
+    assert score_as_of(points, START, since, HALF) < threshold
+    assert score_as_of(points, START, since - timedelta(milliseconds=2), HALF) >= threshold
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=event_logs(), later=st.integers(0, 60 * 86_400))
+def test_a_stored_score_decays_to_what_scoring_again_gives(events: list[EngagementEvent], later: int) -> None:
+    at = latest(events)
+    then = score(events, DEFAULT_RULES, at)
+    now = at + timedelta(seconds=later)
+    again = score(events, DEFAULT_RULES, now)
+    decayed = then.points * 0.5 ** (later / HALF.total_seconds())
+    assert abs(again.points - decayed) < 1e-6
+    if abs(decayed % 1 - 0.5) > 1e-6:  # away from a rounding tie, the integers agree too
+        assert score_as_of(then.points, at, now, HALF) == again.total

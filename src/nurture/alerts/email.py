@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def alert_message_id(alert: AlertMessage, *, domain: str) -> str:
-    """The Message-ID of an alert's email: derived from the alert, so a retry sends the same message again."""
-    return f"<nurture-alert.{alert.alert_id}.{int(alert.created_at.timestamp())}@{domain}>"
+    """The Message-ID of an alert's email: derived from the alert, so a retry sends the same message again;
+    a revision by a handoff is a message of its own."""
+    revision = f".r{alert.revision}" if alert.revision else ""
+    return f"<nurture-alert.{alert.alert_id}.{int(alert.created_at.timestamp())}{revision}@{domain}>"
 
 
 class EmailAlertSink:

@@ -3,7 +3,7 @@ a new score means for its stage, its alerts and its owner.
 
 Pure decisions over `Lead` and `Campaign` values. The tick enrolls with `choose_campaign`; the deliver flow
 asks `send_hold` before every send, because a lead or its campaign can change between planning and sending.
-After a rescore, the escalate flow asks `stage_after_scoring`, `alert_triggers`, `may_alert` and
+After a rescore, the escalate flow asks `stage_after_scoring`, `alert_triggers`, `alert_action` and
 `assign_owner`.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from nurture.core.campaign import Audience, Campaign, ExitRule
 from nurture.core.context import Rep
@@ -165,6 +166,26 @@ def alert_triggers(
 def may_alert(last_alert_at: datetime | None, now: datetime, cooldown: timedelta) -> bool:
     """Return True when a lead last alerted at `last_alert_at` (None: never) may be alerted again at `now`."""
     return last_alert_at is None or now - last_alert_at >= cooldown
+
+
+AlertAction = Literal["raise", "revise", "update", "hold"]
+
+
+def alert_action(
+    last_alert_at: datetime | None, *, last_pending: bool, now: datetime, cooldown: timedelta, handoff: bool
+) -> AlertAction:
+    """What to do with this rescore's alert triggers, given the lead's latest alert.
+
+    Outside the cooldown: `raise` a new alert. Inside it the cooldown holds back noise, never the handoff (a
+    stage raised by this rescore): a handoff `revise`s the latest alert while it is still pending, so the
+    rep gets one alert that says so, or raises a new alert that `update`s it when it was already sent.
+    Anything else is held back (`hold`).
+    """
+    if may_alert(last_alert_at, now, cooldown):
+        return "raise"
+    if not handoff:
+        return "hold"
+    return "revise" if last_pending else "update"
 
 
 def assign_owner(reps: Sequence[Rep], counter: int) -> Rep | None:

@@ -16,7 +16,10 @@
    count; the rest are ignored. The input order never changes the result.
 5. **Decay**: a counted event is worth `base_points * 0.5 ** (age / half_life)` at `now`.
 
-Points are never negative, so decay can only lower a score. URL patterns are shell-style globs (`*`, `?`,
+Points are never negative, so decay can only lower a score. Every event decays at the same rate, so a
+score's unrounded points (`ScoreBreakdown.points`) at one instant give its value at any later one with no
+new event: `score_as_of(points, scored_at, now, half_life)`, and `next_drop_at` says when that rounded
+value next falls (the scheduler refreshes stored scores then). URL patterns are shell-style globs (`*`, `?`,
 `[...]`) matched case-insensitively against the URL's path (host, query and fragment are ignored); a pattern
 also matches everything below it: `/pricing` matches `/pricing` and `/pricing/enterprise` but not
 `/pricing-faq` or `/en/pricing` (write `*/pricing` for that).
@@ -25,6 +28,7 @@ also matches everything below it: `/pricing` matches `/pricing` and `/pricing/en
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,13 +60,17 @@ __all__ = [
     "ScoringRules",
     "Thresholds",
     "UrlRule",
+    "falls_below_at",
     "matched_moments",
+    "next_drop_at",
     "parse_scoring",
     "score",
+    "score_as_of",
     "url_matches",
 ]
 
 _BURST_SPAN: Final = timedelta(seconds=1)
+_DROP_MARGIN: Final = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,11 @@ class ScoredEvent:
 class ScoreBreakdown:
     total: int  # round(sum of points), never negative
     items: tuple[ScoredEvent, ...]  # every event given, in time order (then id)
+
+    @property
+    def points(self) -> float:
+        """The unrounded total: what `score_as_of` decays from."""
+        return max(0.0, sum(item.points for item in self.items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +195,43 @@ def score(events: Sequence[EngagementEvent], rules: ScoringRules, now: datetime)
         points = base * 0.5 ** ((now - event.occurred_at) / rules.half_life) if ignored is None else 0.0
         items.append(ScoredEvent(event, base, points, ignored))
     return ScoreBreakdown(total=max(0, round(sum(item.points for item in items))), items=tuple(items))
+
+
+def score_as_of(points: float, scored_at: datetime, now: datetime, half_life: timedelta) -> int:
+    """The score at `now` of a lead whose unrounded points were `points` at `scored_at`, with no event since.
+
+    Never more than `round(points)`; before `scored_at` it is that value (decay never adds points).
+    """
+    return max(0, round(_decayed(points, scored_at, now, half_life)))
+
+
+def next_drop_at(points: float, scored_at: datetime, now: datetime, half_life: timedelta) -> datetime | None:
+    """The first instant after `now` at which `score_as_of` falls below its value at `now`; None at 0.
+
+    The value rounds down once the decayed points pass under `value - 0.5`; the instant returned is a
+    millisecond past that, so a refresh at it always sees the lower value.
+    """
+    value = score_as_of(points, scored_at, now, half_life)
+    if value <= 0 or points <= 0:
+        return None
+    crossing = scored_at + half_life * math.log2(points / (value - 0.5))
+    return max(crossing, now) + _DROP_MARGIN
+
+
+def falls_below_at(
+    points: float, scored_at: datetime, threshold: int, half_life: timedelta
+) -> datetime | None:
+    """When `score_as_of` first falls below `threshold` by decay alone; None if it was below at `scored_at`
+    (or `threshold` is 0 or less, which no score falls below)."""
+    if threshold <= 0 or round(points) < threshold:
+        return None
+    return scored_at + half_life * math.log2(points / (threshold - 0.5)) + _DROP_MARGIN
+
+
+def _decayed(points: float, scored_at: datetime, now: datetime, half_life: timedelta) -> float:
+    if now <= scored_at or points <= 0:
+        return max(0.0, points)
+    return points * math.pow(0.5, (now - scored_at) / half_life)
 
 
 def matched_moments(

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -80,6 +81,12 @@ class Lead(Base):
     # these, so enrolling costs O(changed leads), not O(all leads).
     enroll_pending: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     score_updated_at: Mapped[datetime | None]
+    # The unrounded score at `score_points_at` (a rescore): with no event since, `core.scoring.score_as_of`
+    # decays it to any later instant. `score_drops_at` is when `score` next falls by decay; the scheduler's
+    # pass refreshes the leads whose instant has come (None: a score of 0 never falls).
+    score_points: Mapped[float | None] = mapped_column(Float)
+    score_points_at: Mapped[datetime | None]
+    score_drops_at: Mapped[datetime | None]
     # Set when the lead's personal data was erased: the row keeps only ids, stage and the address's hash.
     erased_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
@@ -91,6 +98,12 @@ class Lead(Base):
             "id",
             postgresql_where=text("enroll_pending"),
             sqlite_where=text("enroll_pending"),
+        ),
+        Index(
+            "ix_leads_score_drops_at",
+            "score_drops_at",
+            postgresql_where=text("score_drops_at IS NOT NULL"),
+            sqlite_where=text("score_drops_at IS NOT NULL"),
         ),
     )
 

@@ -8,6 +8,7 @@ the exit from the lead's campaign and at most one `Alert` row, whose id it hands
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,15 +21,15 @@ from nurture.catalog import Catalog
 from nurture.core.context import Rep
 from nurture.core.lifecycle import (
     AlertTrigger,
+    alert_action,
     alert_triggers,
     assign_owner,
-    may_alert,
     stage_after_scoring,
 )
-from nurture.core.scoring import matched_moments, score
+from nurture.core.scoring import matched_moments, next_drop_at, score, score_as_of
 from nurture.core.stages import StageChange, StagePath
 from nurture.db.engine import Database
-from nurture.db.queries.alerts import fetch_last_alert_at, insert_alert
+from nurture.db.queries.alerts import fetch_last_alert, insert_alert, revise_pending_alert
 from nurture.db.queries.deliveries import append_touchpoint
 from nurture.db.queries.enrollment import end_enrollment
 from nurture.db.queries.leads import count_leads
@@ -44,6 +45,7 @@ from nurture.db.queries.scoring import (
     lock_lead_for_scoring,
     next_round_robin,
     save_score,
+    save_score_decay,
     set_lead_owner,
 )
 from nurture.db.queries.stages import LeadStageChange, change_stage
@@ -93,8 +95,10 @@ async def rescore(
         if lead is None:
             log.info("rescore of an unknown lead lead_id=%s", lead_id)
             return None
+        lead = _as_of(lead, now, rules.half_life)  # the stored score decayed to now: what the lead was at
         logged = await fetch_engagement_events(conn, lead_id)
-        total = score([e.event for e in logged], rules, now).total
+        breakdown = score([e.event for e in logged], rules, now)
+        total = breakdown.total
         change = stage_after_scoring(lead.stage, total, rules.thresholds)
         # Without alerts, events that just arrived stay new: the rescore their arrival queued alerts on them.
         queued = any(
@@ -105,9 +109,13 @@ async def rescore(
         await _record_score(
             conn, lead, total, change, scored_at=scored_at, now=now, recomputed=not send_alerts
         )
+        drops_at = next_drop_at(breakdown.points, now, now, rules.half_life)
+        await save_score_decay(conn, lead_id, points=breakdown.points, points_at=now, drops_at=drops_at)
         alert_id = None
         if send_alerts and lead.grade != "invalid":  # an invalid lead is never contacted: no rep needs it
-            alert_id = await _alert_if_due(conn, lead, logged, total, catalog, now)
+            alert_id = await _alert_if_due(
+                conn, lead, logged, total, catalog, now, handoff=change is not None
+            )
     log.info(
         "lead rescored lead_id=%s score=%d->%d stage=%s alert_id=%s",
         lead_id,
@@ -117,6 +125,15 @@ async def rescore(
         alert_id,
     )
     return RescoreResult(lead_id, lead.score, total, change, (alert_id,) if alert_id is not None else ())
+
+
+def _as_of(lead: ScoringLead, now: datetime, half_life: timedelta) -> ScoringLead:
+    """`lead` with its stored score decayed to `now` (a stored score is only as fresh as the last refresh)."""
+    if lead.score_points is None or lead.score_points_at is None:
+        return lead
+    return dataclasses.replace(
+        lead, score=score_as_of(lead.score_points, lead.score_points_at, now, half_life)
+    )
 
 
 def _received_since(logged: LoggedEvent, since: datetime | None) -> bool:
@@ -130,11 +147,13 @@ async def _alert_if_due(
     total: int,
     catalog: Catalog,
     now: datetime,
+    *,
+    handoff: bool,
 ) -> int | None:
     """Match moments in the events new since the last rescore, and raise an alert for them or a crossing.
 
     Each event that hits a moment is recorded as a `moment` touchpoint, alerted or held back by the
-    cooldown, and never counts as new again.
+    cooldown, and never counts as new again. A `handoff` (this rescore raised the stage) is never held back.
     """
     since = lead.score_updated_at - LATE_COMMIT_GRACE if lead.score_updated_at is not None else None
     hit = await fetch_moment_event_ids(conn, lead.id, since=since) if since is not None else set()
@@ -144,7 +163,7 @@ async def _alert_if_due(
     moments = matched_moments(new, history, catalog.scoring)
     triggers = alert_triggers(lead.score, total, catalog.scoring.thresholds, moments)
     alert_id = await _raise_alert(
-        conn, lead, triggers, [event.id for _, event in moments], total, catalog, now
+        conn, lead, triggers, [event.id for _, event in moments], total, catalog, now, handoff=handoff
     )
     for moment, event in moments:
         detail = {"moment": moment.name, "event_id": event.id, "alert_id": alert_id}
@@ -195,19 +214,42 @@ async def _raise_alert(
     total: int,
     catalog: Catalog,
     now: datetime,
+    *,
+    handoff: bool,
 ) -> int | None:
-    """Insert one alert combining every trigger, unless the lead was alerted within the cooldown."""
+    """Insert one alert combining every trigger, or inside the cooldown put a handoff on the pending alert
+    (or on a new one that updates the alert just sent) and record anything else as held back.
+
+    Returns the id of an alert to send: None when held back or when the pending alert, revised, is sent by
+    the message already queued for it (`flows.alert` reads what it says when it sends it)."""
     if not triggers:
         return None
-    last_alert_at = await fetch_last_alert_at(conn, lead.id)
-    if not may_alert(last_alert_at, now, catalog.scoring.alert_cooldown):
+    last = await fetch_last_alert(conn, lead.id)
+    action = alert_action(
+        last.created_at if last else None,
+        last_pending=last is not None and last.pending,
+        now=now,
+        cooldown=catalog.scoring.alert_cooldown,
+        handoff=handoff,
+    )
+    if last is not None and action == "revise":
+        pairs = [(t.trigger, t.reason) for t in triggers]
+        if await revise_pending_alert(
+            conn, last.id, triggers=pairs, events=moment_events, score_after=total, now=now
+        ):
+            await _note_alert(conn, lead.id, "alert_revised", last.id, triggers, now)
+            return None
+    if last is not None and action == "hold":
+        await _note_alert(conn, lead.id, "alert_held", last.id, triggers, now)
         log.info(
-            "alert held back by the cooldown lead_id=%s triggers=%s last_alert_at=%s",
+            "alert held back by the cooldown lead_id=%s triggers=%s last_alert_id=%s",
             lead.id,
             ",".join(t.trigger for t in triggers),
-            last_alert_at.isoformat() if last_alert_at else None,
+            last.id,
         )
         return None
+    # A handoff inside the cooldown whose alert was sent (or was sent while this ran) updates that alert.
+    updates = {"updates": last.id} if last is not None and action != "raise" else {}
     owner = lead.owner or await _assign_owner(conn, lead.id, catalog.active_reps(), now)
     alert_id = await insert_alert(
         conn,
@@ -218,16 +260,39 @@ async def _raise_alert(
         score_after=total,
         owner=owner,
         created_at=now,
-        detail={"triggers": [t.trigger for t in triggers], "events": list(moment_events), "delivered_by": []},
+        detail={
+            "triggers": [t.trigger for t in triggers],
+            "events": list(moment_events),
+            "delivered_by": [],
+            **updates,
+        },
     )
     await append_touchpoint(
         conn,
         lead_id=lead.id,
         kind="alert",
         occurred_at=now,
-        detail={"alert_id": alert_id, "trigger": triggers[0].trigger, "owner": owner},
+        detail={"alert_id": alert_id, "trigger": triggers[0].trigger, "owner": owner, **updates},
     )
     return alert_id
+
+
+async def _note_alert(
+    conn: AsyncConnection,
+    lead_id: int,
+    kind: str,
+    alert_id: int,
+    triggers: Sequence[AlertTrigger],
+    now: datetime,
+) -> None:
+    """Put on the lead's timeline what the cooldown did with these triggers: held back, or revised into
+    alert `alert_id` that is still to be sent."""
+    detail = {
+        "alert_id": alert_id,
+        "triggers": [t.trigger for t in triggers],
+        "reason": "; ".join(t.reason for t in triggers),
+    }
+    await append_touchpoint(conn, lead_id=lead_id, kind=kind, occurred_at=now, detail=detail)
 
 
 async def _assign_owner(

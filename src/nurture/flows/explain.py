@@ -4,20 +4,21 @@
 score and stage history and every touchpoint, a page at a time.
 
 The score is recomputed at `now` with the current rules, event by event, so the explanation always adds up;
-the stored score is shown beside it, and differs only until the next rescore.
+the score of the last rescore is shown beside it, and a threshold that decay alone has since taken the lead
+back under is named, with when.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, TypeGuard
 
 from nurture.catalog import Catalog
 from nurture.core.context import Rep
 from nurture.core.lead import is_time_zone
-from nurture.core.scoring import ScoreBreakdown, ScoredEvent, score
+from nurture.core.scoring import ScoreBreakdown, ScoredEvent, Thresholds, falls_below_at, score
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import AlertSummary, fetch_alerts_of_lead, fetch_timeline
 from nurture.db.queries.scoring import (
@@ -42,6 +43,15 @@ HISTORY_LIMIT: Final = 200  # the latest this many score changes, stage changes 
 
 
 @dataclass(frozen=True, slots=True)
+class DecayDrop:
+    """A threshold the lead's score reached at its last rescore and fell back under by decay alone."""
+
+    name: str  # "mql" | "hot"
+    threshold: int
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class LeadExplanation:
     lead: LeadRecord
     breakdown: ScoreBreakdown  # at `scored_at`, with the rules from `rules_source`
@@ -51,6 +61,22 @@ class LeadExplanation:
     timeline: tuple[TimelineEntry, ...]  # newest first
     alerts: tuple[AlertSummary, ...]  # newest first
     stage_history: tuple[StageHistoryRow, ...] = ()  # newest first, from the stage history
+    rescored: int | None = None  # the score at the last rescore (`lead.score_points_at`), before decay
+    below_by_decay: tuple[DecayDrop, ...] = ()  # mql first
+
+
+def decay_drops(
+    lead: LeadRecord, now: datetime, half_life: timedelta, thresholds: Thresholds
+) -> tuple[DecayDrop, ...]:
+    """The thresholds the lead's last rescore reached and decay alone has taken it back under by `now`."""
+    if lead.score_points is None or lead.score_points_at is None:
+        return ()
+    drops = []
+    for name, threshold in (("mql", thresholds.mql), ("hot", thresholds.hot)):
+        since = falls_below_at(lead.score_points, lead.score_points_at, threshold, half_life)
+        if since is not None and since <= now:
+            drops.append(DecayDrop(name, threshold, since))
+    return tuple(drops)
 
 
 async def explain_lead(
@@ -76,6 +102,8 @@ async def explain_lead(
         timeline=entries,
         alerts=tuple(alerts),
         stage_history=tuple(stages),
+        rescored=None if lead.score_points is None else round(lead.score_points),
+        below_by_decay=decay_drops(lead, now, rules.half_life, rules.thresholds),
     )
 
 

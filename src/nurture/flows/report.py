@@ -154,7 +154,12 @@ def _step_figures(
     return tuple(figures)
 
 
-async def hot_leads(db: Database, *, now: datetime, days: int, limit: int = 50) -> list[HotLeadRow]:
-    """Leads alerted to their rep in the last `days` days, each with its latest alert, newest first."""
+async def hot_leads(
+    db: Database, *, now: datetime, days: int, half_life: timedelta, limit: int = 50
+) -> list[HotLeadRow]:
+    """Leads alerted to their rep in the last `days` days, each with its latest alert and its score as of
+    `now`, newest first."""
     async with db.transaction() as conn:
-        return await fetch_hot_leads(conn, since=now - timedelta(days=days), limit=limit)
+        return await fetch_hot_leads(
+            conn, since=now - timedelta(days=days), limit=limit, now=now, half_life=half_life
+        )

@@ -36,6 +36,7 @@ from nurture.db.queries.enrollment import (
     insert_enrolled_touchpoints,
     insert_enrollments,
 )
+from nurture.flows.decay import refresh_scores
 from nurture.flows.versions import apply_campaign_versions
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ class DispatchResult:
 
 
 async def enroll(db: Database, catalog: Catalog, now: datetime, *, batch_size: int = 5000) -> int:
-    """Enroll every flagged lead into the first campaign (by priority) it fits; return how many were."""
+    """Enroll every flagged lead into the first campaign (by priority) it fits; return how many were.
+
+    Scores that decay lowered by `now` are refreshed first, so audiences see the score as of now.
+    """
+    await refresh_scores(db, catalog, now)
     campaigns = catalog.ordered()
     async with db.transaction() as conn:
         await flag_leads_if_catalog_changed(conn, _fingerprint(campaigns))

@@ -90,7 +90,9 @@ class DashboardEndpoints:
         period = int(raw)
         rt = self._runtime
         as_of, report = await self.report()
-        hot = await hot_leads(rt.db, now=rt.clock.now(), days=period, limit=HOT_LEADS)
+        hot = await hot_leads(
+            rt.db, now=rt.clock.now(), days=period, half_life=rt.catalog.scoring.half_life, limit=HOT_LEADS
+        )
         return self._views.page(
             "dashboard.html",
             headers={"Content-Security-Policy": self._policy, **VARY},

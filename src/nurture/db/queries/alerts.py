@@ -1,8 +1,9 @@
-"""Queries on alerts: the cooldown's last alert, inserting one, loading what its message says, and
-recording each delivery attempt.
+"""Queries on alerts: the cooldown's last alert, inserting one, revising a pending one with a handoff,
+loading what its message says, and recording each delivery attempt.
 
 pending --(every sink delivered)--> delivered
 pending --(a sink failed)--> pending, attempts + 1 ... --(attempts reach the limit)--> failed
+pending --(revised while a delivery was under way)--> pending, every sink to be sent the revision
 """
 
 from __future__ import annotations
@@ -41,25 +42,81 @@ class AlertRecord:
     detail: Mapping[str, Any]
     lead: LeadProfile
     recent: tuple[TimelineEntry, ...]
+    score_points: float | None = None  # the lead's unrounded score at `score_points_at`, to decay to now
+    score_points_at: datetime | None = None
 
     @property
     def delivered_by(self) -> frozenset[str]:
         """The sinks that already delivered this alert: a retry skips them."""
         return frozenset(self.detail.get("delivered_by", ()))
 
+    @property
+    def revision(self) -> int:
+        """How many times a handoff revised the alert while it was pending (0: never)."""
+        value = self.detail.get("revision", 0)
+        return value if isinstance(value, int) else 0
 
-async def fetch_last_alert_at(conn: AsyncConnection, lead_id: int) -> datetime | None:
-    """When the lead's latest hot-lead alert was created, whatever became of it; None if it never had one.
+    @property
+    def updates(self) -> int | None:
+        """The earlier alert, already sent inside the cooldown, that this handoff alert updates."""
+        value = self.detail.get("updates")
+        return value if isinstance(value, int) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LastAlert:
+    id: int
+    created_at: datetime
+    pending: bool
+
+
+async def fetch_last_alert(conn: AsyncConnection, lead_id: int) -> LastAlert | None:
+    """The lead's latest hot-lead alert, whatever became of it; None if it never had one.
 
     A campaign's rep task (`task:<step>`) is not such an alert: it must not hold back the next real one."""
     stmt = (
-        select(alerts.c.created_at)
+        select(alerts.c.id, alerts.c.created_at, alerts.c.status)
         .where(alerts.c.lead_id == lead_id, alerts.c.trigger.not_like("task:%"))
-        .order_by(alerts.c.created_at.desc())
+        .order_by(alerts.c.created_at.desc(), alerts.c.id.desc())
         .limit(1)
     )
-    value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
-    return value
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else LastAlert(row.id, row.created_at, row.status == "pending")
+
+
+async def revise_pending_alert(
+    conn: AsyncConnection,
+    alert_id: int,
+    *,
+    triggers: Sequence[tuple[str, str]],
+    events: Sequence[int],
+    score_after: int,
+    now: datetime,
+) -> bool:
+    """Put a handoff on an alert not delivered yet: its `(trigger, reason)`s go first, the score is the new
+    one, and every sink sends the revision (also those that had delivered the alert as it was).
+
+    Returns False when the alert is no longer pending (delivered or given up on meanwhile)."""
+    row = (
+        await conn.execute(
+            select(alerts.c.status, alerts.c.reason, alerts.c.detail)
+            .where(alerts.c.id == alert_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None or row.status != "pending":
+        return False
+    detail = dict(row.detail or {})
+    names = [name for name, _ in triggers]
+    detail["triggers"] = [*names, *(t for t in detail.get("triggers", ()) if t not in names)]
+    detail["events"] = [*detail.get("events", ()), *(e for e in events if e not in detail.get("events", ()))]
+    detail["revision"] = int(detail.get("revision", 0)) + 1
+    detail["revised_at"] = now.isoformat()
+    detail["delivered_by"] = []
+    reason = "; ".join([*(r for _, r in triggers), row.reason])
+    values = {"trigger": names[0], "reason": reason, "score_after": score_after, "detail": detail}
+    await conn.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
+    return True
 
 
 async def insert_alert(
@@ -130,6 +187,8 @@ async def fetch_alert(conn: AsyncConnection, alert_id: int, *, recent: int = 10)
         detail=dict(row.detail or {}),
         lead=lead_profile(row),
         recent=await fetch_timeline(conn, row.id, limit=recent, skip_kinds=_NOT_IN_ALERTS),
+        score_points=row.score_points,
+        score_points_at=row.score_points_at,
     )
 
 
@@ -174,11 +233,14 @@ async def record_alert_attempt(
     errors: Mapping[str, str],
     now: datetime,
     max_attempts: int,
+    revision: int = 0,
 ) -> str:
-    """Count one delivery attempt: add the sinks that delivered, and set the new status.
+    """Count one delivery attempt of the alert's `revision`: add the sinks that delivered, set the status.
 
     `errors` maps each sink that failed to why. No error: `delivered`; errors and `max_attempts` reached:
-    `failed` (never tried again); otherwise it stays `pending`. Returns the new status.
+    `failed` (never tried again); otherwise it stays `pending`. A handoff that revised the alert since
+    `revision` was read leaves it `pending` for every sink, and `revised` is returned so it is sent again at
+    once. Returns the new status.
     """
     row = (
         await conn.execute(
@@ -187,8 +249,12 @@ async def record_alert_attempt(
     ).one()
     attempts = row.attempts + 1
     detail = dict(row.detail or {})
-    detail["delivered_by"] = sorted({*detail.get("delivered_by", ()), *delivered_by})
     detail["last_attempt_at"] = now.isoformat()
+    if int(detail.get("revision", 0)) != revision:
+        detail["delivered_before_revision"] = sorted(delivered_by)
+        await conn.execute(update(alerts).where(alerts.c.id == alert_id).values(detail=detail))
+        return "revised"
+    detail["delivered_by"] = sorted({*detail.get("delivered_by", ()), *delivered_by})
     values: dict[str, Any] = {"attempts": attempts, "detail": detail}
     if not errors:
         values.update(status="delivered", delivered_at=now, last_error=None)

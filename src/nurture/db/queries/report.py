@@ -13,9 +13,10 @@ Every figure is read from the timeline (touchpoints) and the event log, the rows
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Subquery
 
 from nurture.core.report import MQL_RANK, STAGE_RANK
+from nurture.core.scoring import score_as_of
 from nurture.db.queries.tables import alerts, deliveries, enrollments, events, leads, touchpoints
 
 SENT: Final = "email_sent"
@@ -301,9 +303,18 @@ async def fetch_engagement(conn: AsyncConnection, scope: Scope, *, per_step: boo
 
 
 async def fetch_hot_leads(
-    conn: AsyncConnection, *, since: datetime, limit: int, triggers: Sequence[str] | None = None
+    conn: AsyncConnection,
+    *,
+    since: datetime,
+    limit: int,
+    now: datetime,
+    half_life: timedelta,
+    triggers: Sequence[str] | None = None,
 ) -> list[HotLeadRow]:
-    """Leads alerted to their rep since `since`, each with its latest alert, newest first."""
+    """Leads alerted to their rep since `since`, each with its latest alert, newest first.
+
+    Each score is the lead's as of `now`, decay included (the stored one can be a scheduler pass old); a
+    page of rows, so it is computed as they are read."""
     latest = func.row_number().over(
         partition_by=alerts.c.lead_id, order_by=(alerts.c.created_at.desc(), alerts.c.id.desc())
     )
@@ -324,10 +335,18 @@ async def fetch_hot_leads(
             found.c.trigger,
             found.c.reason,
             found.c.created_at,
+            leads.c.score_points,
+            leads.c.score_points_at,
         )
         .join(found, found.c.lead_id == leads.c.id)
         .where(found.c.nth == 1)
         .order_by(found.c.created_at.desc(), found.c.id.desc())
         .limit(limit)
     )
-    return [HotLeadRow(*row) for row in await conn.execute(stmt)]
+    rows = []
+    for *fields, points, points_at in await conn.execute(stmt):
+        row = HotLeadRow(*fields)
+        if points is not None and points_at is not None:
+            row = dataclasses.replace(row, score=score_as_of(points, points_at, now, half_life))
+        rows.append(row)
+    return rows

@@ -3,12 +3,12 @@ assignment, and the leads `rescore --all` walks through."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, Row, String, cast, select, update
+from sqlalchemy import Integer, Row, String, bindparam, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.context import LeadProfile
@@ -40,6 +40,25 @@ class ScoringLead:
     grade: str | None
     suppressed: bool
     score_updated_at: datetime | None
+    score_points: float | None = None  # unrounded, at `score_points_at`
+    score_points_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecayingScore:
+    """A stored score whose instant to fall by decay has come: its anchor, to decay it from."""
+
+    id: int
+    score: int
+    points: float
+    points_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRefresh:
+    id: int
+    score: int
+    drops_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,8 @@ class LeadRecord:
     suppressed_reason: str | None
     score_updated_at: datetime | None
     created_at: datetime
+    score_points: float | None = None  # unrounded, at `score_points_at` (the last rescore)
+    score_points_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +104,8 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
         leads.c.grade,
         leads.c.suppressed,
         leads.c.score_updated_at,
+        leads.c.score_points,
+        leads.c.score_points_at,
     ).where(leads.c.id == lead_id)
     row = (await conn.execute(stmt.with_for_update())).first()
     if row is None:
@@ -95,6 +118,8 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
         grade=row.grade,
         suppressed=bool(row.suppressed),
         score_updated_at=row.score_updated_at,
+        score_points=row.score_points,
+        score_points_at=row.score_points_at,
     )
 
 
@@ -173,6 +198,50 @@ async def save_score(
     await conn.execute(update(leads).where(leads.c.id == lead_id).values(**values))
 
 
+async def save_score_decay(
+    conn: AsyncConnection, lead_id: int, *, points: float, points_at: datetime, drops_at: datetime | None
+) -> None:
+    """Store the unrounded score computed at `points_at`, and when the stored score next falls by decay."""
+    values = {"score_points": points, "score_points_at": points_at, "score_drops_at": drops_at}
+    await conn.execute(update(leads).where(leads.c.id == lead_id).values(**values))
+
+
+async def fetch_decaying_scores(conn: AsyncConnection, *, now: datetime, limit: int) -> list[DecayingScore]:
+    """Leads whose stored score falls by decay at `now` or earlier, soonest first (an index range scan)."""
+    stmt = (
+        select(leads.c.id, leads.c.score, leads.c.score_points, leads.c.score_points_at)
+        .where(leads.c.score_drops_at <= now)
+        .order_by(leads.c.score_drops_at, leads.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [
+        DecayingScore(
+            id=row.id, score=row.score, points=row.score_points or 0.0, points_at=row.score_points_at
+        )
+        for row in await conn.execute(stmt)
+    ]
+
+
+async def apply_score_refreshes(conn: AsyncConnection, refreshes: Sequence[ScoreRefresh]) -> None:
+    """Store each decayed score and its next instant; a lead whose score fell is flagged for the next
+    enrollment check, as a lower score may fit another audience now."""
+    if not refreshes:
+        return
+    stmt = (
+        update(leads)
+        .where(leads.c.id == bindparam("lead_id"))
+        .values(
+            score=bindparam("new_score"),
+            score_drops_at=bindparam("drops_at"),
+            enroll_pending=leads.c.enroll_pending | (leads.c.score != bindparam("new_score")),
+        )
+    )
+    await conn.execute(
+        stmt, [{"lead_id": r.id, "new_score": r.score, "drops_at": r.drops_at} for r in refreshes]
+    )
+
+
 async def set_lead_owner(conn: AsyncConnection, lead_id: int, *, owner: str, now: datetime) -> None:
     await conn.execute(update(leads).where(leads.c.id == lead_id).values(owner=owner, updated_at=now))
 
@@ -239,6 +308,8 @@ def _lead_record(row: Row[Any]) -> LeadRecord:
         suppressed_reason=row.suppressed_reason,
         score_updated_at=row.score_updated_at,
         created_at=row.created_at,
+        score_points=row.score_points,
+        score_points_at=row.score_points_at,
     )
 
 
