@@ -5,6 +5,7 @@
     - CampaignError
     - TemplateError
   + DatabaseUnavailableError  the database cannot be reached (URL shown without its password)
+  + BrokerUnavailableError    Redis cannot be reached (URL shown without its password)
   + InputError             a rejected lead row or API payload; carries row or field
   + SendError              raised by transports only
     - TransientSendError   4xx, timeout, disconnect: retried with backoff
@@ -48,6 +49,10 @@ class ConfigErrors(NurtureError):
 
 class DatabaseUnavailableError(NurtureError):
     """The database refused or did not answer a connection."""
+
+
+class BrokerUnavailableError(NurtureError):
+    """Redis, the broker, refused or did not answer a connection."""
 
 
 class InputError(NurtureError):

@@ -32,6 +32,7 @@ ACCEPTED_DATABASE_URLS = (
     "postgresql://, postgres://, postgresql+asyncpg://, sqlite:///PATH or sqlite+aiosqlite:///PATH"
 )
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def async_database_url(url: str) -> str:
@@ -83,7 +84,8 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     max_send_attempts: int = Field(default=8, gt=0)
     log_format: str = Field(default="text", pattern="^(text|json)$")
-    log_level: str = "INFO"
+    # Unset: services log at INFO, interactive commands not at all (their output is their result).
+    log_level: str | None = None
 
     # --- sending like a good citizen and fast (send path) ---
     lead_daily_cap: int = Field(default=2, ge=0)  # emails per lead in any 24 h, all campaigns; 0: no cap
@@ -124,6 +126,15 @@ class Settings(BaseSettings):
                 f"unsupported Redis URL scheme {scheme[:40]!r}; accepted: redis://, rediss://, unix://"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("base_url")
     @classmethod

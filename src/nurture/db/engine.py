@@ -59,6 +59,11 @@ class Database:
         finally:
             await conn.close()
 
+    async def check_reachable(self) -> None:
+        """Open and close one connection; raises `DatabaseUnavailableError` when none can be made."""
+        async with self.transaction():
+            pass
+
     async def aclose(self) -> None:
         await self.engine.dispose()
 
