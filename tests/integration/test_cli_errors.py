@@ -78,7 +78,7 @@ def arguments(words: tuple[str, ...], port: int) -> list[str]:
     """The command's words and the least it needs to run: its required parameters, and a free port."""
     command: Any = typer.main.get_command(app)
     for word in words:
-        command = command.commands[word]
+        command = command if word.startswith("-") else command.commands[word]  # a global option
     args: list[str] = list(words)
     for param in command.params:
         if param.name == "port":
@@ -214,3 +214,20 @@ def test_every_command_fails_in_one_line_when_redis_is_unreachable(project: Path
     }
     every = {words[0] for words in commands()}
     check_every_command(project, env, may_succeed=every - NEEDS_REDIS)
+
+
+@pytest.mark.parametrize("words", [("leads", "import"), ("tick",)], ids=["leads-import", "tick"])
+def test_interactive_commands_print_their_result_and_log_only_when_asked(
+    project: Path, words: tuple[str, ...]
+) -> None:
+    env = base_env(project)
+    # Given the embedded default, When the command runs as it is, Then stderr holds no log line
+    quiet = run(words, project, env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip()
+    assert not [line for line in quiet.stderr.splitlines() if LOG_LINE.match(line)], quiet.stderr
+    # When it runs with --verbose, or with NURTURE_LOG_LEVEL set, Then its INFO lines are back on stderr
+    for verbose, extra in (((), {"NURTURE_LOG_LEVEL": "INFO"}), (("--verbose",), {})):
+        loud = run((*verbose, *words), project, env | extra)
+        assert loud.returncode == 0, loud.stderr
+        assert any(" INFO nurture." in line for line in loud.stderr.splitlines()), loud.stderr
