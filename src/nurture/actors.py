@@ -10,7 +10,7 @@ silently falls back to Dramatiq's default broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from nurture.event_consumer import EventConsumerMiddleware
 from nurture.flows.alert import deliver_alert
 from nurture.flows.deliver import deliver_batch
 from nurture.flows.escalate import rescore
+from nurture.flows.send_outcomes import Outcome
 
 DELIVERIES_QUEUE = "deliveries"
 SCORING_QUEUE = "scoring"
@@ -66,7 +67,13 @@ def _send_each(actor: Any, ids: Iterable[int]) -> int:
     return count
 
 
-def declare_actors(broker: dramatiq.Broker, *, send_batch: int = SEND_BATCH) -> Actors:
+def declare_actors(
+    broker: dramatiq.Broker,
+    *,
+    send_batch: int = SEND_BATCH,
+    on_outcomes: Callable[[Mapping[int, Outcome]], None] | None = None,
+) -> Actors:
+    """Declare the actors on `broker`; `on_outcomes` hears what each send batch came to (`tick --drain`)."""
     runtime = runtime_middleware(broker)
 
     async def send_delivery(delivery_id: int) -> None:
@@ -77,6 +84,8 @@ def declare_actors(broker: dramatiq.Broker, *, send_batch: int = SEND_BATCH) -> 
         """Send a batch of claimed deliveries; a second run finds them taken and does nothing."""
         rt = runtime.current()
         result = await deliver_batch(delivery_ids, db=rt.db, mailer=rt.mailer, now=rt.clock.now())
+        if on_outcomes is not None:
+            on_outcomes(result.outcomes)
         for alert_id in result.alert_ids:  # rep tasks of the batch's steps
             alert_actor.send(alert_id)
 

@@ -20,8 +20,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, Middleware
 
+from nurture.errors import BrokerUnavailableError
 from nurture.runtime import Runtime
-from nurture.settings import Settings
+from nurture.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def setup_broker(settings: Settings, runtime_factory: Callable[[], Runtime]) -> 
         # Bounded socket waits: a Redis that accepts connections but never answers must not hang a request.
         # (Timeouts given beside url= are ignored: the broker builds its pool from the URL alone.)
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        _check_reachable(client, settings.redis_url)
         broker = RedisBroker(client=client)  # type: ignore[no-untyped-call]
     else:
         broker = StubBroker()
@@ -68,6 +70,15 @@ def setup_broker(settings: Settings, runtime_factory: Callable[[], Runtime]) -> 
     broker.add_middleware(RuntimeMiddleware(runtime_factory))
     dramatiq.set_broker(broker)
     return broker
+
+
+def _check_reachable(client: redis.Redis, url: str) -> None:
+    """Fail at start-up when Redis does not answer: a worker would otherwise retry, and wait, forever."""
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BrokerUnavailableError(f"cannot connect to Redis at {redact_url(url)}: {reason}") from exc
 
 
 def runtime_middleware(broker: dramatiq.Broker) -> RuntimeMiddleware:

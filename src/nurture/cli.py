@@ -11,6 +11,7 @@ import csv
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nurture.catalog import CAMPAIGN_SUFFIXES, Catalog, load_catalog
+from nurture.cli_errors import run_guarded
 from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.lead import RowError, normalise_email
@@ -37,6 +39,7 @@ from nurture.flows.ingest import ImportReport, StagePolicy, import_leads
 from nurture.flows.versions import ChangeWarning, warn_enrolled_changes
 from nurture.logs import configure_logging
 from nurture.runtime import build_clock, secret_key
+from nurture.scheduler import TickResult
 from nurture.service import run_forever, run_tick
 from nurture.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from nurture.web.auth import IssuedApiKey, find_active_key, issue_api_key, list_api_keys, revoke_key
@@ -79,13 +82,50 @@ def _reported() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+# Services log what they do; every other command prints its result, and logs only when asked to.
+SERVICES = frozenset({"run", "scheduler", "worker", "web"})
+
+
+@dataclass(slots=True)
+class _Invocation:
+    verbose: bool = False
+    service: bool = False
+
+
+_invocation = _Invocation()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log what the command does on stderr (INFO, or NURTURE_LOG_LEVEL)."
+        ),
+    ] = False,
+) -> None:
+    """Campaigns-as-code B2B lead nurturing."""
+    _invocation.verbose = verbose
+    _invocation.service = ctx.invoked_subcommand in SERVICES
+
+
 def _settings() -> Settings:
     settings = load_settings()
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    configure_logging(fmt=settings.log_format, level=_log_level(settings))
     return settings
 
 
+def _log_level(settings: Settings) -> str | None:
+    """Services and --verbose log at NURTURE_LOG_LEVEL (INFO when unset); other commands only if it is set."""
+    if _invocation.service or _invocation.verbose:
+        return settings.log_level or "INFO"
+    return settings.log_level
+
+
 KEY_PREFIX_HELP = "its prefix as `nurture apikey list` shows it (nk_1d9f231d_...), or its first 4+ digits."
+
+
 Host = Annotated[str, typer.Option(help="Address the tracking web listens on.")]
 Port = Annotated[int, typer.Option(help="Port the tracking web listens on.", min=1, max=65535)]
 
@@ -148,22 +188,59 @@ def tick(
         # The in-process broker lives only as long as this command: its queue must be drained now.
         drain = drain or settings.redis_url is None
         result = asyncio.run(run_tick(settings, clock=clock, drain_queue=drain))
-        summary = {
-            "at": clock.now().isoformat(),
-            "enrolled": result.enrolled,
-            "dispatched": result.claimed,
-            "unknown": result.unknown,
-            "skipped_late": result.skipped_late,  # touches later than their campaign's skip_late_after
-            "drained": drain,
-        }
-        _print_data(
-            summary,
-            fmt,
-            lambda: (
-                f"tick at {summary['at']}: enrolled {result.enrolled}, "
-                f"dispatched {result.claimed}, unknown {result.unknown}, skipped late {result.skipped_late}"
-            ),
+        data = tick_data(result, at=clock.now(), drained=drain)
+        _print_data(data, fmt, lambda: tick_line(data))
+
+
+def tick_data(result: TickResult, *, at: datetime, drained: bool) -> dict[str, Any]:
+    """The pass in figures: what was enrolled and claimed, and (when drained) what the sends came to."""
+    data: dict[str, Any] = {
+        "at": at.isoformat(),
+        "enrolled": result.enrolled,
+        "dispatched": result.claimed,  # claimed and handed to the send queue
+        "skipped_late": result.skipped_late,  # later than their campaign's skip_late_after: never claimed
+        "drained": drained,
+    }
+    sends = result.sends
+    if sends is None:  # the workers send them: their outcomes are theirs to log
+        return data | {"unknown": result.unknown}
+    skipped = dict(sends.skipped) | ({"late": result.skipped_late} if result.skipped_late else {})
+    return data | {
+        "sent": sends.sent,
+        "shadowed": sends.shadowed,
+        "deferred": sends.deferred_total,
+        "deferred_reasons": dict(sends.deferred),
+        "skipped": sum(skipped.values()),
+        "skipped_reasons": skipped,
+        "tasks": sends.tasks,
+        "failed": sends.failed,
+        "bounced": sends.bounced,
+        "unknown": result.unknown + sends.unknown,  # abandoned earlier, and in this pass
+        "not_claimed": sends.not_claimed,
+    }
+
+
+def tick_line(data: dict[str, Any]) -> str:
+    """One line: `enrolled 3, sent 48, deferred 86 (frequency cap 80, send window 6), skipped 0, ...`."""
+    head = f"tick at {data['at']}: enrolled {data['enrolled']}"
+    if "sent" not in data:
+        return (
+            f"{head}, queued {data['dispatched']} for the workers, skipped {data['skipped_late']} (late), "
+            f"unknown {data['unknown']}"
         )
+    parts = [f"sent {data['sent']}"]
+    parts += [f"shadowed {data['shadowed']} (dry run)"] if data["shadowed"] else []
+    parts.append(f"deferred {data['deferred']}{_reasons(data['deferred_reasons'])}")
+    parts.append(f"skipped {data['skipped']}{_reasons(data['skipped_reasons'])}")
+    parts += [f"rep tasks {data['tasks']}"] if data["tasks"] else []
+    parts.append(f"failed {data['failed']}" + (f" (bounced {data['bounced']})" if data["bounced"] else ""))
+    parts.append(f"unknown {data['unknown']}")
+    parts += [f"taken by another worker {data['not_claimed']}"] if data["not_claimed"] else []
+    return f"{head}, {', '.join(parts)}"
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{why} {n}' for why, n in counts.items())})" if counts else ""
 
 
 @db_app.command("upgrade")
@@ -771,7 +848,7 @@ __all__ = ["app", "cli_compliance", "cli_deliveries", "cli_marketing", "cli_repo
 
 
 def main() -> None:
-    app(prog_name="nurture")
+    run_guarded(lambda: app(prog_name="nurture"))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from nurture.cli import _on_database, _reported, _settings, app
+from nurture.cli import _catalog, _on_database, _reported, _settings, app
 from nurture.core.report import GroupFigures, Spread, StepFigures
 from nurture.db.engine import Database
 from nurture.db.queries.report import GroupBy, Scope
-from nurture.errors import NurtureError
+from nurture.errors import ConfigError, ConfigErrors, NurtureError
 from nurture.flows.report import Report, build_report
+from nurture.settings import Settings
 
 __all__ = ["app"]
 
@@ -50,11 +51,13 @@ def report_command(
     """The funnel per stage, each campaign step's results, time and touches to MQL, and quality per group."""
     with _reported():
         scope = Scope(campaign_id=campaign, since=_parse_since(since) if since else None)
+        settings = _settings()
+        known = _campaign_ids(settings) if campaign is not None else ()
 
         async def use(db: Database) -> Report:
-            return await build_report(db, scope=scope, by=by)
+            return await build_report(db, scope=scope, by=by, campaigns=known)
 
-        report = asyncio.run(_on_database(_settings(), use))
+        report = asyncio.run(_on_database(settings, use))
         data = report_data(report)
         if fmt is ReportFormat.json:
             typer.echo(json.dumps(data, ensure_ascii=False))
@@ -62,6 +65,15 @@ def report_command(
             typer.echo(report_csv(report), nl=False)
         else:
             typer.echo(report_table(report))
+
+
+def _campaign_ids(settings: Settings) -> tuple[str, ...]:
+    """The campaigns in the files. Files that do not load leave the ones the database knows, which are
+    enough to report on: a report must not depend on today's campaign files being valid."""
+    try:
+        return tuple(_catalog(settings).campaigns)
+    except (ConfigError, ConfigErrors):
+        return ()
 
 
 def _parse_since(value: str) -> datetime:

@@ -5,6 +5,7 @@
     - CampaignError
     - TemplateError
   + DatabaseUnavailableError  the database cannot be reached (URL shown without its password)
+  + BrokerUnavailableError    Redis cannot be reached (URL shown without its password)
   + InputError             a rejected lead row or API payload; carries row or field
     - CsvFileError         a CSV file that cannot be read as a whole; carries source and line
   + SendError              raised by transports only; carries the SMTP `code` and whether it is a `deferral`
@@ -51,6 +52,10 @@ class ConfigErrors(NurtureError):
 
 class DatabaseUnavailableError(NurtureError):
     """The database refused or did not answer a connection."""
+
+
+class BrokerUnavailableError(NurtureError):
+    """Redis, the broker, refused or did not answer a connection."""
 
 
 class InputError(NurtureError):

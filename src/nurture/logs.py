@@ -24,13 +24,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(*, fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(*, fmt: str = "text", level: str | None = "INFO") -> None:
+    """Send log lines of `level` and above to stderr; `level=None` sends them nowhere (not even warnings)."""
+    root = logging.getLogger()
+    if level is None:
+        root.handlers[:] = [logging.NullHandler()]  # also keeps logging's last-resort stderr handler out
+        root.setLevel(logging.CRITICAL + 1)
+        return
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Dramatiq and APScheduler are chatty at INFO about their own lifecycle.

@@ -24,6 +24,7 @@ from nurture.db.queries.leases import release_lease, try_acquire_lease
 from nurture.db.queries.send_domains import paused_domains
 from nurture.flows.alert import find_stalled_alerts
 from nurture.flows.escalate import find_unscored_leads
+from nurture.flows.send_tally import SendCounts
 from nurture.flows.tick import dispatch, enroll, late_rules
 from nurture.runtime import Runtime
 
@@ -41,6 +42,7 @@ class TickResult:
     claimed: int
     unknown: int
     skipped_late: int = 0
+    sends: SendCounts | None = None  # what the claimed deliveries came to, when this process sent them
 
 
 class Scheduler:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import uvicorn
 from dramatiq import Worker
@@ -22,6 +22,7 @@ from nurture.catalog import Catalog, missing_postal_address
 from nurture.clock import Clock
 from nurture.db.migrate import upgrade
 from nurture.errors import NurtureError
+from nurture.flows.send_tally import SendTally
 from nurture.runtime import Runtime, build_runtime
 from nurture.scheduler import Scheduler, TickResult
 from nurture.settings import Settings
@@ -39,14 +40,29 @@ class Service:
     actors: Actors
 
 
-async def open_service(settings: Settings, *, clock: Clock | None = None) -> Service:
-    """Build the runtime and the broker; the embedded database is migrated on the way."""
+async def open_service(
+    settings: Settings, *, clock: Clock | None = None, tally: SendTally | None = None
+) -> Service:
+    """Build the runtime and the broker; the embedded database is migrated on the way.
+
+    `tally`, when given, counts the outcome of every send batch this process runs.
+    Fails at once (`DatabaseUnavailableError`, `BrokerUnavailableError`) when the database or Redis does
+    not answer, rather than serving while every job fails.
+    """
     runtime = build_runtime(settings, clock=clock)
     _warn_of_unsendable(runtime.catalog, settings.postal_address)
-    if settings.is_embedded:
-        await upgrade(runtime.db)
-    broker = setup_broker(settings, _worker_runtime_factory(settings, runtime.clock, runtime.catalog))
-    return Service(runtime=runtime, actors=declare_actors(broker, send_batch=settings.send_batch_size))
+    try:
+        if settings.is_embedded:
+            await upgrade(runtime.db)
+        else:
+            await runtime.db.check_reachable()
+        broker = setup_broker(settings, _worker_runtime_factory(settings, runtime.clock, runtime.catalog))
+    except BaseException:
+        await runtime.aclose()
+        raise
+    on_outcomes = tally.add if tally is not None else None
+    actors = declare_actors(broker, send_batch=settings.send_batch_size, on_outcomes=on_outcomes)
+    return Service(runtime=runtime, actors=actors)
 
 
 def _warn_of_unsendable(catalog: Catalog, postal_address: str | None) -> None:
@@ -89,12 +105,15 @@ def wait_until_drained(actors: Actors, worker: Worker) -> None:
 
 
 async def run_tick(settings: Settings, *, clock: Clock, drain_queue: bool) -> TickResult:
-    service = await open_service(settings, clock=clock)
+    """One scheduler pass; with `drain_queue`, the sends it queued run here and their outcomes are counted."""
+    tally = SendTally()
+    service = await open_service(settings, clock=clock, tally=tally)
     try:
         scheduler = Scheduler(service.runtime, service.actors)
         result = await scheduler.tick(clock.now())
         if drain_queue:
             await asyncio.to_thread(drain, service, settings.worker_threads)
+            result = replace(result, sends=tally.counts())
         return result
     finally:
         await service.runtime.aclose()

@@ -13,9 +13,49 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from nurture.core.ratelimit import parse_rate_limits
 from nurture.errors import ConfigError
+
+# The database URLs a SQLAlchemy user writes, mapped to the async drivers nurture runs on.
+# Any other driver (psycopg, psycopg2, mysql, ...) would pass a URL check and then fail deep inside a query.
+_DATABASE_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+ACCEPTED_DATABASE_URLS = (
+    "postgresql://, postgres://, postgresql+asyncpg://, sqlite:///PATH or sqlite+aiosqlite:///PATH"
+)
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def async_database_url(url: str) -> str:
+    """Map a database URL to the async driver nurture uses; refuse, in one line, any other driver.
+
+    The message names the URL's scheme, never the rest of it (it may hold a password).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL (no scheme://); accepted: {ACCEPTED_DATABASE_URLS}")
+    driver = _DATABASE_DRIVERS.get(scheme.lower())
+    if driver is None:
+        raise ValueError(
+            f"unsupported database URL scheme {scheme[:40]!r}; accepted: {ACCEPTED_DATABASE_URLS}"
+        )
+    normalised = f"{driver}://{rest}"
+    try:
+        _ = make_url(normalised).port  # a port that is not a number only shows when read
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"malformed {scheme} URL (host, port or path); accepted: {ACCEPTED_DATABASE_URLS}"
+        ) from None
+    return normalised
 
 
 class Settings(BaseSettings):
@@ -44,7 +84,8 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     max_send_attempts: int = Field(default=8, gt=0)
     log_format: str = Field(default="text", pattern="^(text|json)$")
-    log_level: str = "INFO"
+    # Unset: services log at INFO, interactive commands not at all (their output is their result).
+    log_level: str | None = None
 
     # --- sending like a good citizen and fast (send path) ---
     lead_daily_cap: int = Field(default=2, ge=0)  # emails per lead in any 24 h, all campaigns; 0: no cap
@@ -68,6 +109,32 @@ class Settings(BaseSettings):
     api_burst: int = Field(default=200, gt=0)  # requests a key may make at once before the rate applies
     # a tracking event read from the Redis stream and not stored this long is taken over by another worker
     event_claim_idle_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_driver(cls, value: str | None) -> str | None:
+        return async_database_url(value) if value else None  # empty, as `NURTURE_DATABASE_URL=`: unset
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.partition("://")[0].lower()
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                f"unsupported Redis URL scheme {scheme[:40]!r}; accepted: redis://, rediss://, unix://"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("base_url")
     @classmethod

@@ -20,7 +20,7 @@ from nurture.core.events import InboundEvent
 from nurture.db.engine import Database
 from nurture.db.queries.report import GroupBy, Scope
 from nurture.db.queries.tables import deliveries, enrollments, events, leads, touchpoints
-from nurture.errors import PermanentSendError, TransientSendError
+from nurture.errors import InputError, PermanentSendError, TransientSendError
 from nurture.flows.deliver import Mailer, deliver
 from nurture.flows.engage import record_events, unsubscribe
 from nurture.flows.escalate import rescore
@@ -341,9 +341,36 @@ async def test_conversion_is_the_share_of_the_previous_stage(db: Database) -> No
 
 
 async def test_an_empty_database_gives_an_empty_report(db: Database) -> None:
-    report = await build_report(db, scope=Scope(campaign_id="no-such-campaign"), by=GroupBy.owner)
+    # a campaign in the files that enrolled nobody yet
+    report = await build_report(db, scope=Scope(campaign_id="quiet"), by=GroupBy.owner, campaigns=["quiet"])
     assert [s.leads for s in report.funnel] == [0, 0, 0, 0, 0]
     assert report.funnel[1].conversion is None
     assert report.steps == ()
     assert report.campaigns == ()
     assert report.groups == ()
+
+
+async def test_a_campaign_filter_naming_no_campaign_is_refused_with_the_nearest_names(db: Database) -> None:
+    # Given one campaign known from its enrollments and two from the files
+    await import_leads(db, [{"email": "a@example.com"}], now=START)
+    async with db.transaction() as conn:
+        [lead_id] = (await conn.execute(select(leads.c.id))).scalars()
+        await conn.execute(
+            enrollments.insert().values(
+                lead_id=lead_id,
+                campaign_id="retired-nurture",
+                campaign_hash="h",
+                state="exited",
+                enrolled_at=START,
+            )
+        )
+    files = ["saas-nurture", "webinar-followup"]
+    # When a report names a campaign that none of them is, Then it is refused, naming the nearest
+    with pytest.raises(InputError, match=r"--campaign: no campaign 'saas-nurtur'; did you mean saas-nurture"):
+        await build_report(db, scope=Scope(campaign_id="saas-nurtur"), campaigns=files)
+    # ... or listing them all when none is near
+    with pytest.raises(InputError, match=r"campaigns: retired-nurture, saas-nurture, webinar-followup$"):
+        await build_report(db, scope=Scope(campaign_id="nope"), campaigns=files)
+    # And a campaign only the database still knows is reported on
+    report = await build_report(db, scope=Scope(campaign_id="retired-nurture"), campaigns=files)
+    assert report.funnel[0].leads == 1

@@ -6,10 +6,19 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nurture.errors import ConfigError
 from nurture.runtime import build_runtime
-from nurture.settings import Settings, default_base_url, load_settings, redact_url
+from nurture.settings import (
+    ACCEPTED_DATABASE_URLS,
+    Settings,
+    async_database_url,
+    default_base_url,
+    load_settings,
+    redact_url,
+)
 from tests.project import PROJECT
 
 ROOT = PROJECT  # the tests' own project files (tests/project.py)
@@ -94,3 +103,110 @@ def test_building_the_runtime_logs_no_password_or_secret(
     assert "runtime ready" in caplog.text
     for secret in ("db-pass-123", "smtp-pass-456", "tracking-secret-789"):
         assert secret not in text
+
+
+# -- database URLs -------------------------------------------------------------------------------------------
+
+HOSTS = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,5})?", fullmatch=True)
+NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True)
+PORTS = st.one_of(st.none(), st.integers(min_value=1, max_value=65535))
+
+
+def _server_url(scheme: str, user: str, password: str, host: str, port: int | None, name: str) -> str:
+    return f"{scheme}://{user}:{password}@{host}{f':{port}' if port else ''}/{name}"
+
+
+@given(
+    scheme=st.sampled_from(["postgresql", "postgres", "postgresql+asyncpg", "POSTGRESQL", "Postgres"]),
+    user=NAMES,
+    password=st.from_regex(r"[A-Za-z0-9%]{1,20}", fullmatch=True),
+    host=HOSTS,
+    port=PORTS,
+    name=NAMES,
+)
+def test_every_postgresql_url_form_maps_to_asyncpg_keeping_the_rest(
+    scheme: str, user: str, password: str, host: str, port: int | None, name: str
+) -> None:
+    url = _server_url(scheme, user, password, host, port, name)
+    mapped = async_database_url(url)
+    assert mapped == "postgresql+asyncpg://" + url.partition("://")[2]
+    assert async_database_url(mapped) == mapped  # mapping twice is mapping once
+    assert Settings.model_validate({"database_url": url, "secret_key": "k" * 16}).database_url == mapped
+
+
+@given(path=st.from_regex(r"(/[a-z0-9_.-]{1,12}){1,4}", fullmatch=True), relative=st.booleans())
+def test_sqlite_urls_map_to_aiosqlite(path: str, relative: bool) -> None:
+    rest = path.lstrip("/") if relative else path
+    for scheme in ("sqlite", "sqlite+aiosqlite"):
+        assert async_database_url(f"{scheme}:///{rest}") == f"sqlite+aiosqlite:///{rest}"
+    assert async_database_url("sqlite://") == "sqlite+aiosqlite://"  # in memory
+
+
+@given(
+    scheme=st.sampled_from(
+        [
+            "postgresql+psycopg",
+            "postgresql+psycopg2",
+            "postgresql+pg8000",
+            "mysql",
+            "mysql+aiomysql",
+            "sqlite+pysqlite",
+            "oracle",
+            "mssql+pyodbc",
+            "redis",
+            "http",
+        ]
+    )
+    | st.from_regex(r"[a-z][a-z0-9+]{0,15}", fullmatch=True).filter(
+        lambda s: s not in ("postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite")
+    ),
+    host=HOSTS,
+)
+def test_a_url_of_any_other_driver_is_refused_in_one_line_naming_its_scheme(scheme: str, host: str) -> None:
+    url = f"{scheme}://app:hunter2-secret@{host}/nurture"
+    with pytest.raises(ValueError, match="unsupported database URL scheme") as caught:
+        async_database_url(url)
+    message = str(caught.value)
+    assert repr(scheme) in message
+    assert "postgresql+asyncpg://" in message
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "app:hunter2@db/nurture", "postgresql://db:port/nurture", "postgres://[::1/x"]
+)
+def test_load_settings_refuses_a_malformed_database_url_in_one_line_without_its_password(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    monkeypatch.setenv("NURTURE_SECRET_KEY", "k" * 16)
+    with pytest.raises(ConfigError, match=r"NURTURE_DATABASE_URL: (not a database URL|malformed)") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_load_settings_refuses_psycopg_naming_the_scheme_and_the_accepted_forms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NURTURE_DATABASE_URL", "postgresql+psycopg://app@127.0.0.1/nurture")
+    monkeypatch.setenv("NURTURE_SECRET_KEY", "k" * 16)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "'postgresql+psycopg'" in str(caught.value)
+    assert ACCEPTED_DATABASE_URLS in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://cache:6379", "cache:6379", "memcached://cache"])
+def test_load_settings_refuses_a_redis_url_of_another_scheme(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_REDIS_URL", url)
+    monkeypatch.setenv("NURTURE_SECRET_KEY", "k" * 16)
+    with pytest.raises(ConfigError, match="NURTURE_REDIS_URL: unsupported Redis URL scheme"):
+        load_settings()
+
+
+def test_an_empty_database_or_redis_url_means_the_embedded_default() -> None:
+    assert Settings.model_validate({"database_url": "", "redis_url": ""}).is_embedded

@@ -17,28 +17,24 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from nurture.errors import DatabaseUnavailableError
-from nurture.settings import redact_url
+from nurture.errors import ConfigError, DatabaseUnavailableError
+from nurture.settings import async_database_url, redact_url
 
-_DRIVERS = {
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "sqlite": "sqlite+aiosqlite",
-}
 SQLITE_BUSY_TIMEOUT_S = 30
-
-
-def async_url(url: str) -> str:
-    """Give a plain `postgresql://` or `sqlite:///` URL its async driver."""
-    scheme, sep, rest = url.partition("://")
-    return f"{_DRIVERS.get(scheme, scheme)}{sep}{rest}"
 
 
 class Database:
     """An engine plus the one way flows open a transaction."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        self.url = async_url(url)
+        """Open an engine on `url` (see `settings.async_database_url` for the forms accepted).
+
+        Raises `ConfigError` for a URL of another driver or one that does not parse.
+        """
+        try:
+            self.url = async_database_url(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source="NURTURE_DATABASE_URL") from None
         self.dialect = make_url(self.url).get_backend_name()
         self.engine: AsyncEngine = _create_engine(self.url, pool_size=pool_size)
 
@@ -62,6 +58,11 @@ class Database:
                 yield conn
         finally:
             await conn.close()
+
+    async def check_reachable(self) -> None:
+        """Open and close one connection; raises `DatabaseUnavailableError` when none can be made."""
+        async with self.transaction():
+            pass
 
     async def aclose(self) -> None:
         await self.engine.dispose()

@@ -6,9 +6,10 @@ to `core.report`, so every figure is a count or a percentile of touchpoint and e
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,12 +33,14 @@ from nurture.db.queries.report import (
     QualifiedRow,
     Scope,
     SendRow,
+    fetch_campaign_ids,
     fetch_engagement,
     fetch_hot_leads,
     fetch_qualified,
     fetch_reach_counts,
     fetch_sends,
 )
+from nurture.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,19 @@ class Report:
     groups: tuple[GroupFigures, ...]  # the funnel and qualification per `by` group
 
 
-async def build_report(db: Database, *, scope: Scope, by: GroupBy = GroupBy.source) -> Report:
-    """Compute every figure of the report for the leads in `scope`, grouped by `by`, in one snapshot."""
+async def build_report(
+    db: Database, *, scope: Scope, by: GroupBy = GroupBy.source, campaigns: Collection[str] = ()
+) -> Report:
+    """Compute every figure of the report for the leads in `scope`, grouped by `by`, in one snapshot.
+
+    Raises `InputError` when `scope` names a campaign that is neither in `campaigns` (the files) nor in the
+    database: a typo must not read as a campaign nobody engaged with.
+    """
     # Source and owner put each lead in exactly one group: the whole is the sum of the groups, read once.
     one_group_each = by in (GroupBy.source, GroupBy.owner)
     async with db.transaction() as conn:
+        if scope.campaign_id is not None:
+            _check_campaign(scope.campaign_id, {*campaigns, *await fetch_campaign_ids(conn)})
         group_reach = await fetch_reach_counts(conn, scope, by)
         group_qualified = await fetch_qualified(conn, scope, by)
         overall_reach = group_reach if one_group_each else await fetch_reach_counts(conn, scope, None)
@@ -112,6 +123,18 @@ def campaign_totals(steps: Sequence[SendRow]) -> list[SendRow]:
             0,
         )
     return list(totals.values())
+
+
+def _check_campaign(campaign_id: str, known: set[str]) -> None:
+    if campaign_id in known:
+        return
+    nearest = difflib.get_close_matches(campaign_id, known, n=3)
+    hint = (
+        f"did you mean {', '.join(nearest)}?"
+        if nearest
+        else f"campaigns: {', '.join(sorted(known)) or 'none'}"
+    )
+    raise InputError(f"no campaign {campaign_id!r}; {hint}", field="--campaign")
 
 
 def _qualified(row: QualifiedRow) -> QualifiedLead:

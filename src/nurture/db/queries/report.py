@@ -106,6 +106,12 @@ class HotLeadRow:
     alerted_at: datetime
 
 
+async def fetch_campaign_ids(conn: AsyncConnection) -> set[str]:
+    """Every campaign that ever enrolled a lead: one removed from the files keeps its history to report."""
+    rows = await conn.execute(select(enrollments.c.campaign_id).distinct())
+    return set(rows.scalars())
+
+
 def _rank(stage: ColumnElement[Any]) -> ColumnElement[int]:
     return case(dict(STAGE_RANK), value=stage, else_=0)
 
