@@ -46,16 +46,18 @@ def test_settings_with_nothing_configured_are_the_embedded_default(monkeypatch: 
     ],
 )
 def test_the_default_base_url_follows_the_host_and_port_the_web_listens_on(
-    monkeypatch: pytest.MonkeyPatch, host: str, port: int, base_url: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str, port: int, base_url: str
 ) -> None:
-    monkeypatch.chdir(ROOT / "tests")  # no .env here
+    monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.delenv("NURTURE_BASE_URL", raising=False)
     assert default_base_url(host, port) == base_url
     assert load_settings().listening_on(host, port).base_url == base_url
 
 
-def test_a_base_url_that_is_set_is_kept_whatever_the_web_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT / "tests")
+def test_a_base_url_that_is_set_is_kept_whatever_the_web_listens_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NURTURE_BASE_URL", "https://track.acme.example/")
     assert load_settings().listening_on("0.0.0.0", 8001).base_url == "https://track.acme.example"
 
