@@ -1,5 +1,6 @@
-"""The README's tutorial ("From a new campaign to production") run as a reader runs it: every `$ ` line of
-its transcripts, in order, in a fresh copy of examples/tutorial, must print what the README shows."""
+"""The README's transcripts run as a reader runs them, and must print what the README shows: every `$ ` line
+of the tutorial ("From a new campaign to production"), in order, in a fresh copy of examples/tutorial, and
+the `nurture tick` transcript of "Commands" on the tests' copy of the shipped project."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import README, TUTORIAL
+from tests.project import README, TUTORIAL, project_copy
 from tests.readme_transcripts import blocks, command_env, run_section, transcripts
 
 SECTION = "From a new campaign to production"
@@ -97,3 +98,15 @@ def test_the_files_the_tutorial_shows_are_the_shipped_ones() -> None:
     assert sorted(shown) == sorted(SHOWN_FILES)
     for first_line, name in SHOWN_FILES.items():
         assert shown[first_line] == (TUTORIAL / name).read_text(encoding="utf-8"), name
+
+
+@pytest.mark.slow
+def test_the_tick_transcript_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    folder = project_copy(tmp_path / "project")
+    env = _env() | {"NURTURE_DATA_DIR": "var/tick-example"}  # as the README has the reader export it
+
+    outcome = run_section(transcripts(README.read_text(encoding="utf-8")), "Commands", folder, env)
+
+    assert outcome.failures == [], "\n\n".join(outcome.failures)
+    assert [len(transcript.commands) for transcript in outcome.ran] == [4]
+    assert outcome.not_run == []
