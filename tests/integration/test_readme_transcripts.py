@@ -110,3 +110,15 @@ def test_the_tick_transcript_prints_what_the_readme_shows(tmp_path: Path) -> Non
     assert outcome.failures == [], "\n\n".join(outcome.failures)
     assert [len(transcript.commands) for transcript in outcome.ran] == [4]
     assert outcome.not_run == []
+
+
+# Sections whose transcripts are not run yet: each needs a project state that no shipped file holds (broken
+# campaign files, a populated database, a web server), so each is listed here rather than skipped unseen.
+NOT_RUN_YET = {"Campaigns", "Reports and the dashboard", "Compliance"}
+RUN = {SECTION, "Commands"}
+
+
+def test_every_section_with_transcripts_is_either_run_or_listed_as_not_run_yet() -> None:
+    sections = {transcript.section for transcript in transcripts(README.read_text(encoding="utf-8"))}
+
+    assert sections == RUN | NOT_RUN_YET
