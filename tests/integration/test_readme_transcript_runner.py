@@ -1,4 +1,4 @@
-"""The transcript runner behind tests/integration/test_readme_transcripts.py, on small Markdown texts."""
+"""The transcript runner behind test_readme_transcripts.py, on small Markdown texts (commands run in bash)."""
 
 from __future__ import annotations
 
