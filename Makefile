@@ -31,6 +31,7 @@ check-campaigns: install
 test-project:
 	rm -rf tests/fixtures/project/campaigns tests/fixtures/project/templates tests/fixtures/project/examples
 	cp -R campaigns templates examples scoring.yaml reps.yaml tests/fixtures/project/
+	rm -rf tests/fixtures/project/examples/tutorial  # the README's tutorial is run from examples/tutorial itself
 
 # Without the integration and slow suites: the inner loop while developing.
 test-fast: install
