@@ -26,7 +26,7 @@ from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.lead import RowError, normalise_email
 from nurture.core.tracking import share_url
-from nurture.csv_input import lead_rows, open_csv
+from nurture.csv_input import CsvLimits, lead_rows, open_csv
 from nurture.csv_output import CsvOutput
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
@@ -380,7 +380,7 @@ def _stage_policy(allow_downgrade: bool, reason: str | None) -> StagePolicy:
 
 async def _import(settings: Settings, file: Path, stages: StagePolicy) -> ImportReport:
     # The reader checks the whole file (encoding, header) before anything goes in, then streams its rows.
-    with open_csv(file) as source:
+    with open_csv(file, CsvLimits.of(settings)) as source:
         source.require_column("email")
         for note in source.notes:
             err.print(f"note: {file}: {note}", markup=False, highlight=False)
