@@ -40,7 +40,7 @@ from nurture.errors import CsvFileError
 from nurture.settings import CSV_MAX_COLUMNS, CSV_MAX_FIELD_CHARS, CSV_MAX_ROW_CHARS, Settings
 
 _NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
-_CHUNK = 1 << 16  # bytes read at a time by the encoding check, whatever the length of a line
+_CHUNK = 1 << 20  # bytes read at a time by the encoding check, whatever the length of a line
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,8 @@ class CsvInput:
         max_field = self.limits.max_field_chars
         row = 1
         while True:
-            lines.start_record()
+            record.clear()
+            lines.chars = 0
             try:
                 fields = next(reader)
             except StopIteration:
@@ -141,7 +142,7 @@ class CsvInput:
                 yield CsvRowError(row, record[0][0], "contains a NUL byte")
             elif len(fields) != width:
                 yield CsvRowError(row, record[0][0], f"has {len(fields)} fields, the header has {width}")
-            elif max(map(len, fields)) > max_field:
+            elif lines.chars > max_field and max(map(len, fields)) > max_field:  # a field is in its row
                 yield self._field_too_long(row, fields)
             else:
                 yield CsvRow(row, record[0][0], dict(zip(header, fields, strict=True)))
@@ -275,14 +276,14 @@ class _Lines:
     rest of a longer line is read past and dropped, and its number noted in `too_long`. Reading such a line,
     or one that takes the record over `max_chars`, raises `_TooLong`."""
 
-    __slots__ = ("_ahead", "_cap", "_chars", "_handle", "_max", "_number", "pending", "record", "too_long")
+    __slots__ = ("_ahead", "_cap", "_handle", "_max", "_number", "chars", "pending", "record", "too_long")
 
     def __init__(self, handle: IO[str], max_chars: int) -> None:
         self._handle = handle
         self._max = max_chars
         self._cap = max_chars + 2
         self._number = 0
-        self._chars = 0  # characters of the record so far, line breaks counted
+        self.chars = 0  # characters of the record being read, line breaks counted (the caller resets it)
         self._ahead: str | None = None  # a line read while looking for the end of a long one
         self.pending: list[tuple[int, str]] = []  # lines to read again, the next one last
         self.record: list[tuple[int, str]] = []  # the physical lines of the record being read
@@ -291,31 +292,29 @@ class _Lines:
     def __iter__(self) -> _Lines:
         return self
 
-    def start_record(self) -> None:
-        self.record.clear()
-        self._chars = 0
-
     def __next__(self) -> str:
-        entry = self.pending.pop() if self.pending else self._read()
-        self.record.append(entry)
-        number, text = entry
-        self._chars += len(text)
-        if self._chars - _break_length(text) > self._max or number in self.too_long:
+        if self.pending:
+            number, text = self.pending.pop()
+        else:
+            text = self._handle.readline(self._cap) if self._ahead is None else self._take_ahead()
+            if not text:
+                raise StopIteration
+            self._number = number = self._number + 1
+            if len(text) == self._cap and not text.endswith("\n"):
+                self.too_long.add(number)
+                self._read_past(text)
+        self.record.append((number, text))
+        self.chars += len(text)
+        # A line in too_long is longer than the limit, so only a record over it needs looking at.
+        if self.chars > self._max and (
+            number in self.too_long or self.chars - _break_length(text) > self._max
+        ):
             raise _TooLong
         return text
 
-    def _read(self) -> tuple[int, str]:
-        if self._ahead is not None:
-            text, self._ahead = self._ahead, None
-        else:
-            text = self._handle.readline(self._cap)
-        if not text:
-            raise StopIteration
-        self._number += 1
-        if len(text) == self._cap and not text.endswith("\n"):
-            self.too_long.add(self._number)
-            self._read_past(text)
-        return self._number, text
+    def _take_ahead(self) -> str:
+        text, self._ahead = self._ahead or "", None
+        return text
 
     def _read_past(self, piece: str) -> None:
         """Read to the end of a line longer than the limit, whose first `piece` was read."""
@@ -391,25 +390,26 @@ def _check_file(path: Path) -> tuple[str, int]:
 def _utf8_lines(handle: IO[bytes], source: str) -> int:
     """The number of lines, after checking they decode; read in pieces, so a long line costs no memory."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    lines, column = 0, 0  # column: the bytes of the current line before this piece
-    final = False
-    while not final:
-        piece = handle.readline(_CHUNK)
-        final = not piece
-        held = len(decoder.getstate()[0])  # the start of a character split between pieces
+    lines, tail = 0, 0  # tail: the bytes after the last line break so far
+    while True:
+        chunk = handle.read(_CHUNK)
+        held = len(decoder.getstate()[0])  # the start of a character split between chunks
         try:
-            decoder.decode(piece, final=final)
+            decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
+            before = exc.object[: exc.start]
+            breaks = before.count(b"\n")
+            column = exc.start - before.rfind(b"\n") - 1 if breaks else tail - held + exc.start
             raise CsvFileError(
-                f"not UTF-8 ({exc.reason} at column {column - held + exc.start + 1}); nothing imported",
+                f"not UTF-8 ({exc.reason} at column {column + 1}); nothing imported",
                 source=source,
-                line=lines + 1,
+                line=lines + breaks + 1,
             ) from None
-        if piece.endswith(b"\n"):
-            lines, column = lines + 1, 0
-        else:
-            column += len(piece)
-    return lines + (1 if column else 0)
+        if not chunk:
+            return lines + (1 if tail else 0)
+        breaks = chunk.count(b"\n")
+        lines += breaks
+        tail = len(chunk) - chunk.rfind(b"\n") - 1 if breaks else tail + len(chunk)
 
 
 def _utf16_lines(handle: IO[bytes], source: str) -> int:
