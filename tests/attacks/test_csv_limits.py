@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from nurture.csv_input import CsvLimits, CsvRow, CsvRowError, open_csv
 from tests.attacks.cli import nurture
 
 GOOD_ROWS = 3000
@@ -145,3 +149,36 @@ def test_a_huge_header_refuses_the_file_in_one_line(tmp_path: Path, columns: int
 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: leads.csv:1: {reason}; nothing imported"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    field_limit=st.integers(min_value=8, max_value=150),  # the emails have 7 characters
+    row_limit=st.integers(min_value=20, max_value=200),
+    lengths=st.lists(st.integers(min_value=0, max_value=250), min_size=1, max_size=8),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+    quoted=st.booleans(),
+)
+def test_a_field_or_row_is_refused_exactly_when_it_is_over_its_limit(
+    field_limit: int, row_limit: int, lengths: list[int], newline: str, quoted: bool
+) -> None:
+    """Rows `rN@x.co,<n characters>`, the value quoted or not, each line ending in `newline`."""
+    values = ["v" * n for n in lengths]
+    cells = [f'"{v}"' if quoted else v for v in values]
+    lines = ["email,note", *(f"r{i}@x.co,{c}" for i, c in enumerate(cells))]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "leads.csv"
+        path.write_text(newline.join(lines) + newline, newline="")
+        with open_csv(path, CsvLimits(field_limit, row_limit, 5)) as source:
+            items = list(source)
+    assert len(items) == len(values)
+    for line, value, item in zip(lines[1:], values, items, strict=True):
+        if len(line) > row_limit:
+            assert isinstance(item, CsvRowError), item
+            assert "NURTURE_CSV_MAX_ROW_CHARS" in item.reason
+        elif len(value) > field_limit:
+            assert isinstance(item, CsvRowError), item
+            assert f"field `note` has {len(value):,} characters" in item.reason
+        else:
+            assert isinstance(item, CsvRow), item
+            assert item.values["note"] == value
