@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+import nurture
 from nurture.csv_output import Cell, CsvOutput
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -72,3 +74,11 @@ def test_text_that_only_starts_like_a_number_is_quoted() -> None:
     assert written([["-2+3", "-1e5", "+1.", "-0x1", "-.5", ""]]) == [
         ["'-2+3", "'-1e5", "'+1.", "'-0x1", "'-.5", ""]
     ]
+
+
+def test_no_module_but_the_writer_makes_its_own_csv_writer() -> None:
+    source = Path(nurture.__file__).parent
+    writers = [
+        p for p in source.rglob("*.py") if "csv.writer(" in p.read_text() or "DictWriter" in p.read_text()
+    ]
+    assert [p.name for p in writers] == ["csv_output.py"]
