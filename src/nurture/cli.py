@@ -7,7 +7,6 @@ its output is data.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,8 @@ from nurture.clock import FrozenClock, parse_instant
 from nurture.core.context import LEAD_FIELDS
 from nurture.core.lead import RowError, normalise_email
 from nurture.core.tracking import share_url
-from nurture.csv_input import lead_rows, open_csv
+from nurture.csv_input import CsvLimits, lead_rows, open_csv
+from nurture.csv_output import CsvOutput
 from nurture.db.engine import Database
 from nurture.db.migrate import upgrade
 from nurture.db.queries.apikeys import StoredApiKey
@@ -380,7 +380,7 @@ def _stage_policy(allow_downgrade: bool, reason: str | None) -> StagePolicy:
 
 async def _import(settings: Settings, file: Path, stages: StagePolicy) -> ImportReport:
     # The reader checks the whole file (encoding, header) before anything goes in, then streams its rows.
-    with open_csv(file) as source:
+    with open_csv(file, CsvLimits.of(settings)) as source:
         source.require_column("email")
         for note in source.notes:
             err.print(f"note: {file}: {note}", markup=False, highlight=False)
@@ -411,7 +411,7 @@ def _row_errors(report: ImportReport) -> list[RowError]:
 
 def _write_rejects(path: Path, report: ImportReport) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = CsvOutput(handle)
         writer.writerow(["row", "email", "reason"])
         writer.writerows((r.row, r.email, r.reason) for r in _row_errors(report))
 

@@ -26,7 +26,7 @@ from nurture.core.campaign import Campaign
 from nurture.core.campaign_tests import CampaignCase, check, observed_from, parse_cases
 from nurture.core.context import SAMPLE_LEAD
 from nurture.core.engagement_script import EngagementScript, parse_script
-from nurture.csv_input import CsvRowError, open_csv
+from nurture.csv_input import CsvLimits, CsvRowError, open_csv
 from nurture.errors import ConfigError, ConfigErrors, NurtureError
 from nurture.flows.deliver import Mailer
 from nurture.flows.explain import find_lead
@@ -218,7 +218,7 @@ def simulate_command(
         settings = _settings()
         catalog = _catalog(settings)
         chosen = _campaign(catalog, campaign)
-        rows = _read_leads(leads) if leads is not None else [sample_lead_row(chosen)]
+        rows = _read_leads(leads, CsvLimits.of(settings)) if leads is not None else [sample_lead_row(chosen)]
         script = _read_script(engagement)
         at = _parse_now(start) if start else build_clock(settings).now()
         _quiet_flows()
@@ -252,9 +252,9 @@ def _quiet_flows() -> None:
     logging.getLogger("nurture").setLevel(logging.WARNING)
 
 
-def _read_leads(path: Path) -> list[dict[str, str | None]]:
+def _read_leads(path: Path, limits: CsvLimits) -> list[dict[str, str | None]]:
     rows: list[dict[str, str | None]] = []
-    with open_csv(path) as source:
+    with open_csv(path, limits) as source:
         source.require_column("email")
         for item in source:
             if isinstance(item, CsvRowError):

@@ -6,7 +6,6 @@ Registered on `nurture.cli.app` when `nurture.cli` imports this module.
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import json
 from datetime import UTC, date, datetime
@@ -17,6 +16,7 @@ import typer
 
 from nurture.cli import _catalog, _on_database, _reported, _settings, app
 from nurture.core.report import GroupFigures, Spread, StepFigures
+from nurture.csv_output import CsvOutput
 from nurture.db.engine import Database
 from nurture.db.queries.report import GroupBy, Scope
 from nurture.errors import ConfigError, ConfigErrors, NurtureError
@@ -131,7 +131,7 @@ def report_data(report: Report) -> dict[str, Any]:
 def report_csv(report: Report) -> str:
     """Every figure as one row of `section,key,metric,value`, for spreadsheets."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = CsvOutput(out, lineterminator="\n")
     writer.writerow(["section", "key", "metric", "value"])
     for s in report.funnel:
         writer.writerow(["funnel", s.stage, "leads", s.leads])

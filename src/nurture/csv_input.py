@@ -13,6 +13,11 @@ Rules (README "Leads" repeats them):
   separated, as spreadsheet exports in many locales write it; a note says so.
 * A record whose field count differs from the header's is a row error.
 * A record containing a NUL byte is a row error.
+* Limits (`CsvLimits`, from NURTURE_CSV_MAX_FIELD_CHARS, NURTURE_CSV_MAX_ROW_CHARS, NURTURE_CSV_MAX_COLUMNS):
+  a field over `max_field_chars` characters, or a record over `max_row_chars` (its characters as written,
+  separators, quotes and inner line breaks counted, the line break that ends it not), is a row error; a
+  header over `max_columns` columns, or over `max_row_chars`, refuses the file. No line is held in memory
+  beyond `max_row_chars` characters, however long it is in the file.
 * A quoted field may run over line breaks (a multi-line address). It may not swallow rows: a record whose
   quote is never closed (end of file), or closed by a stray quote, or that has the wrong field count, or one
   of whose later lines is on its own a whole row (balanced quotes, the header's field count; the line that
@@ -32,8 +37,25 @@ from typing import IO
 
 from nurture.core.lead import RowError
 from nurture.errors import CsvFileError
+from nurture.settings import CSV_MAX_COLUMNS, CSV_MAX_FIELD_CHARS, CSV_MAX_ROW_CHARS, Settings
 
 _NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+_CHUNK = 1 << 20  # bytes read at a time by the encoding check, whatever the length of a line
+
+
+@dataclass(frozen=True, slots=True)
+class CsvLimits:
+    max_field_chars: int = CSV_MAX_FIELD_CHARS
+    max_row_chars: int = CSV_MAX_ROW_CHARS
+    max_columns: int = CSV_MAX_COLUMNS
+
+    @classmethod
+    def of(cls, settings: Settings) -> CsvLimits:
+        return cls(settings.csv_max_field_chars, settings.csv_max_row_chars, settings.csv_max_columns)
+
+
+class _TooLong(Exception):
+    """Raised by `_Lines` inside csv.reader when the record being read is over the row limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +79,14 @@ class CsvRowError:
 class CsvInput:
     """An open CSV file; use as a context manager and iterate it once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: CsvLimits) -> None:
         self.path = path
+        self.limits = limits
         self.encoding, self.lines = _check_file(path)
+        if csv.field_size_limit() < limits.max_field_chars:  # csv.reader's own limit must not come first
+            csv.field_size_limit(limits.max_field_chars)
         self._handle: IO[str] = path.open(newline="", encoding=self.encoding)
-        self._lines = _Lines(self._handle)
+        self._lines = _Lines(self._handle, limits.max_row_chars)
         try:
             self.delimiter, self.header = self._read_header()
         except BaseException:
@@ -91,9 +116,11 @@ class CsvInput:
         record = lines.record
         reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
         width, header = len(self.header), self.header
+        max_field = self.limits.max_field_chars
         row = 1
         while True:
             record.clear()
+            lines.chars = 0
             try:
                 fields = next(reader)
             except StopIteration:
@@ -101,6 +128,10 @@ class CsvInput:
             except csv.Error as exc:
                 row += 1
                 yield self._bad_quote(row, str(exc))
+                continue
+            except _TooLong:
+                row += 1
+                yield self._too_long(row)
                 continue
             if not fields:
                 continue  # a blank line
@@ -111,8 +142,36 @@ class CsvInput:
                 yield CsvRowError(row, record[0][0], "contains a NUL byte")
             elif len(fields) != width:
                 yield CsvRowError(row, record[0][0], f"has {len(fields)} fields, the header has {width}")
+            elif lines.chars > max_field and max(map(len, fields)) > max_field:  # a field is in its row
+                yield self._field_too_long(row, fields)
             else:
                 yield CsvRow(row, record[0][0], dict(zip(header, fields, strict=True)))
+
+    def _field_too_long(self, row: int, fields: list[str]) -> CsvRowError:
+        limit = self.limits.max_field_chars
+        column = next(i for i, f in enumerate(fields) if len(f) > limit)
+        return CsvRowError(
+            row,
+            self._lines.record[0][0],
+            f"field `{self.header[column].strip()}` has {len(fields[column]):,} characters, over the limit "
+            f"of {limit:,} (NURTURE_CSV_MAX_FIELD_CHARS)",
+        )
+
+    def _too_long(self, row: int) -> CsvRowError:
+        """The record being read went over the row limit: one line on its own, or a quote running on."""
+        record, limit = self._lines.record, self.limits.max_row_chars
+        start, end = record[0][0], record[-1][0]
+        if start == end:
+            return CsvRowError(
+                row, start, f"the line is over {limit:,} characters (NURTURE_CSV_MAX_ROW_CHARS)"
+            )
+        self._lines.read_again(record[1:])
+        return CsvRowError(
+            row,
+            start,
+            f"the row from line {start} to {end} is over {limit:,} characters (NURTURE_CSV_MAX_ROW_CHARS; "
+            f"is a quote opened on line {start} not closed?); the lines after line {start} are read again",
+        )
 
     def _multi_line(self, row: int, fields: list[str]) -> CsvRow | CsvRowError:
         """A record over several lines: a quoted value with line breaks, or a quote that swallowed rows.
@@ -159,7 +218,11 @@ class CsvInput:
         if "unexpected end of data" in detail:
             reason = f"a quote opened on line {start} is never closed (the file ends inside it)"
         elif "field larger than field limit" in detail:
-            reason = f"a field from line {start} to {end} is over {csv.field_size_limit():,} characters"
+            where = f"on line {start}" if start == end else f"from line {start} to {end}"
+            reason = (
+                f"a field {where} is over {self.limits.max_field_chars:,} characters "
+                "(NURTURE_CSV_MAX_FIELD_CHARS)"
+            )
         elif start == end:
             reason = f"stray quote: a quoted field must end right before a separator ({detail})"
         else:
@@ -171,8 +234,16 @@ class CsvInput:
         )
 
     def _read_header(self) -> tuple[str, tuple[str, ...]]:
-        first = next(self._lines, "")
         source = str(self.path)
+        try:
+            first = next(self._lines, "")
+        except _TooLong:
+            raise CsvFileError(
+                f"the header line is over {self.limits.max_row_chars:,} characters "
+                "(NURTURE_CSV_MAX_ROW_CHARS); nothing imported",
+                source=source,
+                line=1,
+            ) from None
         if "\0" in first:
             raise CsvFileError(
                 "the header contains NUL bytes (a UTF-16 file without a byte-order mark?); nothing imported",
@@ -186,37 +257,82 @@ class CsvInput:
             raise CsvFileError(
                 f"the header cannot be read ({exc}); nothing imported", source=source, line=1
             ) from None
+        if len(names) > self.limits.max_columns:
+            raise CsvFileError(
+                f"the header has {len(names):,} columns, over the limit of {self.limits.max_columns:,} "
+                "(NURTURE_CSV_MAX_COLUMNS); nothing imported",
+                source=source,
+                line=1,
+            )
         _check_names(names, source)
         return delimiter, names
 
 
 class _Lines:
     """The file's lines for csv.reader, each noted with its number in `record`; lines pushed back with
-    `read_again` come first. Unlike a generator it can be read again after it has reached the end."""
+    `read_again` come first. Unlike a generator it can be read again after it has reached the end.
 
-    __slots__ = ("_handle", "_number", "pending", "record")
+    A line is read `max_chars` + 2 characters at most (room for its line break and one more character); the
+    rest of a longer line is read past and dropped, and its number noted in `too_long`. Reading such a line,
+    or one that takes the record over `max_chars`, raises `_TooLong`."""
 
-    def __init__(self, handle: IO[str]) -> None:
+    __slots__ = ("_ahead", "_cap", "_handle", "_max", "_number", "chars", "pending", "record", "too_long")
+
+    def __init__(self, handle: IO[str], max_chars: int) -> None:
         self._handle = handle
+        self._max = max_chars
+        self._cap = max_chars + 2
         self._number = 0
+        self.chars = 0  # characters of the record being read, line breaks counted (the caller resets it)
+        self._ahead: str | None = None  # a line read while looking for the end of a long one
         self.pending: list[tuple[int, str]] = []  # lines to read again, the next one last
         self.record: list[tuple[int, str]] = []  # the physical lines of the record being read
+        self.too_long: set[int] = set()
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
         if self.pending:
-            entry = self.pending.pop()
+            number, text = self.pending.pop()
         else:
-            text = next(self._handle)
-            self._number += 1
-            entry = (self._number, text)
-        self.record.append(entry)
-        return entry[1]
+            text = self._handle.readline(self._cap) if self._ahead is None else self._take_ahead()
+            if not text:
+                raise StopIteration
+            self._number = number = self._number + 1
+            if len(text) == self._cap and not text.endswith("\n"):
+                self.too_long.add(number)
+                self._read_past(text)
+        self.record.append((number, text))
+        self.chars += len(text)
+        # A line in too_long is longer than the limit, so only a record over it needs looking at.
+        if self.chars > self._max and (
+            number in self.too_long or self.chars - _break_length(text) > self._max
+        ):
+            raise _TooLong
+        return text
+
+    def _take_ahead(self) -> str:
+        text, self._ahead = self._ahead or "", None
+        return text
+
+    def _read_past(self, piece: str) -> None:
+        """Read to the end of a line longer than the limit, whose first `piece` was read."""
+        while len(piece) == self._cap and not piece.endswith("\n"):
+            after_cr = piece.endswith("\r")
+            piece = self._handle.readline(self._cap)
+            if after_cr and piece != "\n":  # the CR ended the line (not a CR LF split by the limit)
+                self._ahead = piece or None
+                return
 
     def read_again(self, lines: list[tuple[int, str]]) -> None:
         self.pending.extend(reversed(lines))
+
+
+def _break_length(text: str) -> int:
+    if text.endswith("\r\n"):
+        return 2
+    return 1 if text.endswith(("\n", "\r")) else 0
 
 
 def lead_rows(source: CsvInput) -> Iterator[dict[str, str] | RowError]:
@@ -225,9 +341,9 @@ def lead_rows(source: CsvInput) -> Iterator[dict[str, str] | RowError]:
         yield item.values if isinstance(item, CsvRow) else RowError(item.row, "", item.message)
 
 
-def open_csv(path: Path) -> CsvInput:
+def open_csv(path: Path, limits: CsvLimits | None = None) -> CsvInput:
     """Check `path` as a whole and open it for streaming; raises CsvFileError."""
-    return CsvInput(path)
+    return CsvInput(path, limits or CsvLimits())
 
 
 def _check_names(names: tuple[str, ...], source: str) -> None:
@@ -272,17 +388,28 @@ def _check_file(path: Path) -> tuple[str, int]:
 
 
 def _utf8_lines(handle: IO[bytes], source: str) -> int:
-    lines = 0
-    for lines, raw in enumerate(handle, start=1):
+    """The number of lines, after checking they decode; read in pieces, so a long line costs no memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, tail = 0, 0  # tail: the bytes after the last line break so far
+    while True:
+        chunk = handle.read(_CHUNK)
+        held = len(decoder.getstate()[0])  # the start of a character split between chunks
         try:
-            raw.decode("utf-8")
+            decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
+            before = exc.object[: exc.start]
+            breaks = before.count(b"\n")
+            column = exc.start - before.rfind(b"\n") - 1 if breaks else tail - held + exc.start
             raise CsvFileError(
-                f"not UTF-8 ({exc.reason} at column {exc.start + 1}); nothing imported",
+                f"not UTF-8 ({exc.reason} at column {column + 1}); nothing imported",
                 source=source,
-                line=lines,
+                line=lines + breaks + 1,
             ) from None
-    return lines
+        if not chunk:
+            return lines + (1 if tail else 0)
+        breaks = chunk.count(b"\n")
+        lines += breaks
+        tail = len(chunk) - chunk.rfind(b"\n") - 1 if breaks else tail + len(chunk)
 
 
 def _utf16_lines(handle: IO[bytes], source: str) -> int:

@@ -33,6 +33,10 @@ ACCEPTED_DATABASE_URLS = (
 )
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The CSV reader's limits (nurture.csv_input): one field, one record, the header's columns.
+CSV_MAX_FIELD_CHARS: Final = 131_072  # Python's csv field limit
+CSV_MAX_ROW_CHARS: Final = 1_048_576
+CSV_MAX_COLUMNS: Final = 1_000
 
 
 def async_database_url(url: str) -> str:
@@ -103,6 +107,11 @@ class Settings(BaseSettings):
     def _rate_limits_parse(cls, value: str) -> str:
         parse_rate_limits(value)  # a bad rule fails at start-up, named in the message
         return value
+
+    # --- the CSV reader of `leads import` and `simulate --leads` (hostile files) ---
+    csv_max_field_chars: int = Field(default=CSV_MAX_FIELD_CHARS, gt=0)  # a longer field is a row error
+    csv_max_row_chars: int = Field(default=CSV_MAX_ROW_CHARS, gt=0)  # a longer record is a row error
+    csv_max_columns: int = Field(default=CSV_MAX_COLUMNS, gt=0)  # a wider header refuses the file
 
     # --- the HTTP API and tracking web ---
     api_rate_per_s: float = Field(default=20.0, gt=0)  # sustained /api requests per second, per API key

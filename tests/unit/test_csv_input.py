@@ -260,7 +260,7 @@ def _whole_row(line: str) -> bool:
         return False
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=table())
 def test_rows_written_by_csv_writer_are_read_back_exactly(tmp_path: Path, data: list[list[str]]) -> None:
     data = [
@@ -282,7 +282,7 @@ def _start_lines(data: list[list[str]]) -> list[int]:
     return starts
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=table(min_rows=2), pick=st.data())
 def test_dropping_a_closing_quote_never_lets_a_row_absorb_another(
     tmp_path: Path, data: list[list[str]], pick: st.DataObject
