@@ -80,7 +80,9 @@ class ApiEndpoints:
             if isinstance(admitted, Refusal):
                 self._metrics.request(route, "unauthorized" if admitted.status_code == 401 else "limited")
                 return json_error(admitted.status_code, admitted.message, headers=admitted.headers)
-            body = await read_json(request, max_bytes=MAX_BODY_BYTES)
+            body = await read_json(
+                request, max_bytes=MAX_BODY_BYTES, max_depth=self._runtime.settings.max_json_depth
+            )
             if not isinstance(body, dict | list):
                 raise BodyError(400, "the body is a JSON object or an array of objects")
             if isinstance(body, list) and len(body) > max_items:
