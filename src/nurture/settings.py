@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from nurture.core.lead import LeadLimits
 from nurture.core.ratelimit import parse_rate_limits
 from nurture.errors import ConfigError
 
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=32768, ge=1024)  # header names and values of one request
     max_header_count: int = Field(default=100, ge=10)  # header fields of one request
     header_timeout_s: float = Field(default=10.0, gt=0)  # to send a request's line and headers
-    keep_alive_s: float = Field(default=5.0, gt=0)  # an idle connection between requests
+    keep_alive_s: int = Field(default=5, gt=0)  # an idle connection between requests
     # Host names the web answers to besides NURTURE_BASE_URL's (comma-separated); others get 400.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
 
@@ -170,6 +171,12 @@ class Settings(BaseSettings):
         # URLs may carry passwords: show them redacted wherever settings are printed or logged.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name in ("database_url", "redis_url") and value else value
+
+    @property
+    def lead_limits(self) -> LeadLimits:
+        return LeadLimits(
+            self.max_tags_per_lead, self.max_tag_key_chars, self.max_tag_value_chars, self.max_field_chars
+        )
 
     @property
     def is_embedded(self) -> bool:

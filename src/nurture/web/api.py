@@ -114,7 +114,14 @@ class ApiEndpoints:
             positions.append(index)
         stages = StagePolicy(path=StagePath.API, row_reasons=reasons)
         now = self._runtime.clock.now()
-        report = await import_leads(self._runtime.db, rows, now=now, first_row_number=0, stages=stages)
+        report = await import_leads(
+            self._runtime.db,
+            rows,
+            now=now,
+            first_row_number=0,
+            stages=stages,
+            limits=self._runtime.settings.lead_limits,
+        )
         for error in report.rejected:
             field, reason = split_reason(error.reason)
             rejected.append(Rejected(positions[error.row], field, reason))

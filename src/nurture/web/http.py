@@ -73,7 +73,7 @@ def json_depth(text: str) -> int:
     if not brackets:
         return 0
     # Each opening bracket is 2 and each closing one 0: the running sum less the count is the depth.
-    return max(0, max(map(sub, accumulate(brackets), range(1, len(brackets) + 1))))
+    return max(0, int(max(map(sub, accumulate(brackets), range(1, len(brackets) + 1)))))
 
 
 async def read_form(request: Request, *, max_bytes: int) -> dict[str, str]:
