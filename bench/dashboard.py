@@ -223,7 +223,7 @@ async def measure(url: str, label: str, count: int, runs: int) -> None:
         headers = {"authorization": f"Bearer {key}", "accept": "text/html"}
         cold: list[float] = []
         warm: list[float] = []
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             for _ in range(runs):
                 clock.advance(timedelta(minutes=2))
                 for times in (cold, warm):  # the report computed, then served from the minute's cache

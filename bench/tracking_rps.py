@@ -251,7 +251,7 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path)
         except OSError:
             return False
         try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             return (await reader.read(12)).startswith(b"HTTP/1.1 200")
         finally:
             writer.close()

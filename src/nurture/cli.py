@@ -390,7 +390,12 @@ async def _import(settings: Settings, file: Path, stages: StagePolicy) -> Import
                 await upgrade(db)
             with _progress(max(source.lines - 1, 0)) as advance:
                 return await import_leads(
-                    db, lead_rows(source), now=datetime.now(UTC), on_progress=advance, stages=stages
+                    db,
+                    lead_rows(source),
+                    now=datetime.now(UTC),
+                    on_progress=advance,
+                    stages=stages,
+                    limits=settings.lead_limits,
                 )
         finally:
             await db.aclose()

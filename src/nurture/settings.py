@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from nurture.core.lead import LeadLimits
 from nurture.core.ratelimit import parse_rate_limits
 from nurture.errors import ConfigError
 
@@ -118,6 +119,23 @@ class Settings(BaseSettings):
     api_burst: int = Field(default=200, gt=0)  # requests a key may make at once before the rate applies
     # a tracking event read from the Redis stream and not stored this long is taken over by another worker
     event_claim_idle_s: float = Field(default=30.0, gt=0)
+    max_json_depth: int = Field(default=32, gt=0, le=200)  # arrays/objects nested in a JSON body
+    max_mime_depth: int = Field(default=16, gt=0, le=100)  # multipart/message parts declared in a complaint
+
+    # --- limits on lead data at ingest (CSV and API alike) ---
+    max_tags_per_lead: int = Field(default=100, gt=0)  # source tags in one row
+    max_tag_key_chars: int = Field(default=64, gt=0, le=200)  # a tag's name
+    max_tag_value_chars: int = Field(default=1000, gt=0)  # a tag's value
+    max_field_chars: int = Field(default=500, gt=0)  # a profile field (name, company, title, ...)
+
+    # --- the HTTP server (per connection) ---
+    max_request_line_bytes: int = Field(default=8192, ge=256)  # the request target (path and query)
+    max_header_bytes: int = Field(default=32768, ge=1024)  # header names and values of one request
+    max_header_count: int = Field(default=100, ge=10)  # header fields of one request
+    header_timeout_s: float = Field(default=10.0, gt=0)  # to send a request's line and headers
+    keep_alive_s: int = Field(default=5, gt=0)  # an idle connection between requests
+    # Host names the web answers to besides NURTURE_BASE_URL's (comma-separated); others get 400.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
 
     @field_validator("database_url")
     @classmethod
@@ -162,6 +180,12 @@ class Settings(BaseSettings):
         # URLs may carry passwords: show them redacted wherever settings are printed or logged.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name in ("database_url", "redis_url") and value else value
+
+    @property
+    def lead_limits(self) -> LeadLimits:
+        return LeadLimits(
+            self.max_tags_per_lead, self.max_tag_key_chars, self.max_tag_value_chars, self.max_field_chars
+        )
 
     @property
     def is_embedded(self) -> bool:

@@ -132,7 +132,7 @@ async def test_the_fast_path_answers_exactly_as_the_app_does(
     pixel = open_url(base, lead_id=lead, delivery_id=delivery, key=key)[len(base) :]
     click = click_url(base, lead_id=lead, delivery_id=delivery, url=TARGET, key=key)[len(base) :]
     forged = pixel[:-2] + ("AA" if not pixel.endswith("AA") else "BB")
-    app = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://t")
+    app = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)), base_url=base)
     async with _web(runtime, port) as served, app:
         for path in (pixel, click, forged, click.replace("/t/c/", "/t/o/")):
             fast, plain = await served.get(path), await app.get(path)
@@ -237,7 +237,7 @@ class Load:
     def __init__(self, port: int, requests: Sequence[tuple[str, str, int]]) -> None:
         self._port = port
         self._requests = [
-            (f"GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: {agent}\r\n\r\n".encode(), expected)
+            (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\n\r\n".encode(), expected)
             for path, agent, expected in requests
         ]
         self.answered = 0

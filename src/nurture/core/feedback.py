@@ -19,6 +19,9 @@ from typing import Final
 from nurture.core.tracking import MAX_ID, message_id_for
 
 MAX_REPORT_BYTES: Final = 1024 * 1024
+MAX_MIME_DEPTH: Final = 16  # the default of NURTURE_MAX_MIME_DEPTH
+# A part that holds parts: the email parser recurses once for each. A header may fold after its colon.
+_CONTAINER: Final = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart|message)/", re.I | re.M)
 _MESSAGE_ID: Final = re.compile(r"<d(\d{1,19})\.[0-9a-f]{16}@[A-Za-z0-9.-]{1,253}>")
 _FEEDBACK_TYPE: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
@@ -30,17 +33,22 @@ class FeedbackReport:
     recipient: str | None  # the original recipient's address, as written in the report
 
 
-def parse_feedback_report(raw: bytes) -> FeedbackReport:
-    """Read an ARF report.
+def parse_feedback_report(raw: bytes, *, max_depth: int = MAX_MIME_DEPTH) -> FeedbackReport:
+    """Read an ARF report that declares at most `max_depth` multipart/* and message/* parts.
+
+    The parts are counted in the raw bytes before the parser (which recurses into each) sees them: their
+    number bounds the nesting, and a real report has three or four.
 
     Raises:
-        ValueError: with a one-line reason when `raw` is not a feedback report or names no message and no
-            recipient.
+        ValueError: with a one-line reason when `raw` is not a feedback report, declares more parts, or
+            names no message and no recipient.
     """
     if not raw.strip():
         raise ValueError("the body is empty; post the feedback report as message/rfc822")
     if len(raw) > MAX_REPORT_BYTES:
         raise ValueError(f"a feedback report is at most {MAX_REPORT_BYTES} bytes")
+    if len(_CONTAINER.findall(raw)) > max_depth:
+        raise ValueError(f"a feedback report nests at most {max_depth} multipart or message parts")
     message = email.message_from_bytes(raw)
     if message.get_content_type() != "multipart/report":
         raise ValueError(f"not a feedback report: the message is {message.get_content_type()}")

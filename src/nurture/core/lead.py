@@ -40,7 +40,7 @@ _COLUMN_ALIASES: Final = {
     "time_zone": "timezone",
     "tz": "timezone",
 }
-_TAG_KEY = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
+_TAG_KEY = re.compile(r"[a-z0-9_][a-z0-9_.-]*")
 # Checked before ZoneInfo sees a name: a long path-like value can make ZoneInfo recurse until it crashes.
 _ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]{1,32}(?:/[A-Za-z0-9_+-]{1,32}){0,3}")
 # Joiners shape Persian, Indic and emoji text; they are format characters but not line breaks.
@@ -51,6 +51,24 @@ _SPACES = re.compile(r" {2,}")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9.-]+)")
 _MAX_ADDRESS_LENGTH: Final = 254  # RFC 5321 via email-validator, in octets (= characters for ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadLimits:
+    """How much one inbound row may carry (NURTURE_MAX_TAGS_PER_LEAD and the others; these are defaults)."""
+
+    max_tags: int = 100
+    max_tag_key_chars: int = 64
+    max_tag_value_chars: int = 1000
+    max_field_chars: int = 500
+
+    @property
+    def max_values(self) -> int:
+        """Non-empty values a row within the limits can have: tags, profile fields, email, grade, stage."""
+        return self.max_tags + len(PROFILE_FIELDS) + 3 + len(_COLUMN_ALIASES)
+
+
+DEFAULT_LEAD_LIMITS: Final = LeadLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +148,13 @@ def _normalise_owner(raw: str) -> str | ValueError:
         return exc
 
 
-def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow | RowError:
-    """Validate one inbound row (CSV or API) and split it into profile fields and source tags."""
+def normalise_row(
+    row: Mapping[str, str | None], *, row_number: int, limits: LeadLimits = DEFAULT_LEAD_LIMITS
+) -> LeadRow | RowError:
+    """Validate one inbound row (CSV or API) and split it into profile fields and source tags, within
+    `limits`: a row over one is a `RowError` naming it."""
+    if sum(1 for value in row.values() if value) > limits.max_values:  # before any per-value work
+        return RowError(row_number, _short(row.get("email") or ""), too_many_tags(limits))
     cleaned: dict[str, str] = {}
     for key, value in row.items():
         if key is not None:
@@ -143,7 +166,7 @@ def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow 
     try:
         email = normalise_email(raw_email)
     except ValueError as exc:
-        return RowError(row_number, raw_email, f"email: {exc}" if raw_email else "email: missing")
+        return RowError(row_number, _short(raw_email), f"email: {exc}" if raw_email else "email: missing")
     grade = cleaned.pop("grade", "").lower() or None
     stage = cleaned.pop("stage", "").lower() or None
     problem = _check_values(grade, stage, cleaned)
@@ -155,13 +178,43 @@ def normalise_row(row: Mapping[str, str | None], *, row_number: int) -> LeadRow 
         if isinstance(owner, ValueError):
             return RowError(row_number, email, f"owner: {owner}")
         profile["owner"] = owner
-    bad_tags = sorted(k for k in cleaned if not _TAG_KEY.fullmatch(k))
-    if bad_tags:
-        return RowError(row_number, email, f"column name not usable as a tag: {bad_tags[0]!r}")
     tags = {k: v for k, v in cleaned.items() if v and k not in PROFILE_FIELDS}
+    problem = _check_sizes(profile, tags, limits) or _check_tag_names(cleaned, limits)
+    if problem:
+        return RowError(row_number, email, problem)
     return LeadRow(
         email=email, profile=profile, grade=grade, stage=Stage(stage) if stage else None, tags=tags
     )
+
+
+def _check_tag_names(cleaned: Mapping[str, str], limits: LeadLimits) -> str | None:
+    bad_tags = sorted(k for k in cleaned if not _TAG_KEY.fullmatch(k) or len(k) > limits.max_tag_key_chars)
+    if not bad_tags:
+        return None
+    if _TAG_KEY.fullmatch(bad_tags[0]):
+        return f"column name longer than {limits.max_tag_key_chars} characters: {_short(bad_tags[0])!r}"
+    return f"column name not usable as a tag: {_short(bad_tags[0])!r}"
+
+
+def _check_sizes(profile: Mapping[str, str], tags: Mapping[str, str], limits: LeadLimits) -> str | None:
+    if len(tags) > limits.max_tags:
+        return too_many_tags(limits)
+    for name, value in profile.items():
+        if len(value) > limits.max_field_chars:
+            return f"{name}: longer than {limits.max_field_chars} characters"
+    for name, value in tags.items():
+        if len(value) > limits.max_tag_value_chars:
+            return f"tags.{name}: longer than {limits.max_tag_value_chars} characters"
+    return None
+
+
+def too_many_tags(limits: LeadLimits) -> str:
+    return f"tags: more than {limits.max_tags} source tags (columns other than the lead's fields)"
+
+
+def _short(text: str) -> str:
+    """`text` cut for a message: a hostile row may hold a megabyte in one cell."""
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def _check_values(grade: str | None, stage: str | None, cleaned: Mapping[str, str]) -> str | None:

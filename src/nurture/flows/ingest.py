@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from nurture.core.lead import LeadRow, RowError, normalise_row
+from nurture.core.lead import DEFAULT_LEAD_LIMITS, LeadLimits, LeadRow, RowError, normalise_row, too_many_tags
 from nurture.core.stages import StageChange, StagePath, StageRefusal, decide_stage_move
 from nurture.db.engine import Database
 from nurture.db.queries.leads import UpsertCounts, upsert_leads
@@ -72,6 +72,7 @@ async def import_leads(
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
     stages: StagePolicy = StagePolicy(),
+    limits: LeadLimits = DEFAULT_LEAD_LIMITS,
 ) -> ImportReport:
     """Upsert `rows` (e.g. from `nurture.csv_input`) by email; every bad row is reported, the good rows go in.
 
@@ -91,7 +92,7 @@ async def import_leads(
     reported = 0
     try:
         while True:
-            batch = await asyncio.to_thread(_validate_batch, numbered, batch_size, report, stages)
+            batch = await asyncio.to_thread(_validate_batch, numbered, batch_size, report, stages, limits)
             if writing is not None:
                 _count(report, await writing)
                 writing = None
@@ -136,13 +137,14 @@ def _validate_batch(
     batch_size: int,
     report: ImportReport,
     stages: StagePolicy,
+    limits: LeadLimits,
 ) -> _Batch | None:
     """Read and check rows until `batch_size` distinct emails are ready (or the rows end); bad rows go to
     the report. None when no row was left to write."""
     batch = _Batch({}, {})
     for number, raw in numbered:
         report.total += 1
-        result = raw if isinstance(raw, RowError) else normalise_row(raw, row_number=number)
+        result = raw if isinstance(raw, RowError) else normalise_row(raw, row_number=number, limits=limits)
         if isinstance(result, RowError):
             report.rejected.append(result)
             continue
@@ -151,7 +153,11 @@ def _validate_batch(
             explicit = stages.explicit_reason(number)
             if explicit is not None:
                 result = replace(result, stage_reason=explicit)
-        batch.rows[result.email] = _merge(batch.rows.get(result.email), result)
+        merged = _merge(batch.rows.get(result.email), result)
+        if len(merged.tags) > limits.max_tags:  # each row is within the cap, but not the two together
+            report.rejected.append(RowError(number, result.email, too_many_tags(limits)))
+            continue
+        batch.rows[result.email] = merged
         if len(batch.rows) >= batch_size:
             break
     return batch if batch.rows else None

@@ -80,7 +80,9 @@ class ApiEndpoints:
             if isinstance(admitted, Refusal):
                 self._metrics.request(route, "unauthorized" if admitted.status_code == 401 else "limited")
                 return json_error(admitted.status_code, admitted.message, headers=admitted.headers)
-            body = await read_json(request, max_bytes=MAX_BODY_BYTES)
+            body = await read_json(
+                request, max_bytes=MAX_BODY_BYTES, max_depth=self._runtime.settings.max_json_depth
+            )
             if not isinstance(body, dict | list):
                 raise BodyError(400, "the body is a JSON object or an array of objects")
             if isinstance(body, list) and len(body) > max_items:
@@ -112,7 +114,14 @@ class ApiEndpoints:
             positions.append(index)
         stages = StagePolicy(path=StagePath.API, row_reasons=reasons)
         now = self._runtime.clock.now()
-        report = await import_leads(self._runtime.db, rows, now=now, first_row_number=0, stages=stages)
+        report = await import_leads(
+            self._runtime.db,
+            rows,
+            now=now,
+            first_row_number=0,
+            stages=stages,
+            limits=self._runtime.settings.lead_limits,
+        )
         for error in report.rejected:
             field, reason = split_reason(error.reason)
             rejected.append(Rejected(positions[error.row], field, reason))

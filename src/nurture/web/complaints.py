@@ -37,7 +37,7 @@ class ComplaintEndpoint:
             return json_error(admitted.status_code, admitted.message, headers=admitted.headers)
         try:
             raw = await read_body(request, max_bytes=MAX_REPORT_BYTES)
-            report = parse_feedback_report(raw)
+            report = parse_feedback_report(raw, max_depth=self._runtime.settings.max_mime_depth)
             outcome = await record_complaint(
                 self._runtime.db,
                 report,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from itertools import accumulate
+from operator import sub
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -19,17 +24,56 @@ class BodyError(Exception):
         self.status_code, self.message = status_code, message
 
 
-async def read_json(request: Request, *, max_bytes: int) -> Any:
-    """Return the request body parsed as JSON, read up to `max_bytes` and no further.
+# A JSON string as the scanner reads it (unrolled: linear on any input), and what is left that is no bracket.
+_JSON_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEPS: Final = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_PARSE_ON_LOOP_BYTES: Final = 64 * 1024  # a larger body is checked and parsed in a worker thread
+
+
+async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
+    """Return the request body parsed as JSON, read up to `max_bytes` and no further, and nested at most
+    `max_depth` arrays or objects deep (checked before parsing: `json.loads` recurses once per level).
 
     Raises:
-        BodyError: 413 for a larger body, 400 for one that is not UTF-8 JSON.
+        BodyError: 413 for a larger body, 400 for one that is not UTF-8 JSON or is nested deeper.
     """
     body = await read_body(request, max_bytes=max_bytes)
+    if len(body) <= _PARSE_ON_LOOP_BYTES:
+        return parse_json(body, max_depth=max_depth)
+    return await anyio.to_thread.run_sync(partial(parse_json, body, max_depth=max_depth))
+
+
+def parse_json(body: bytes, *, max_depth: int) -> Any:
+    """`body` parsed as UTF-8 JSON nested at most `max_depth` deep (see `read_json`).
+
+    Raises:
+        BodyError: 400 for a body that is not UTF-8 JSON or is nested deeper.
+    """
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BodyError(400, "the body is not valid JSON: it is not UTF-8") from None
+    # Fewer brackets than the limit cannot nest past it: most bodies skip the scan.
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise BodyError(400, f"the body is JSON nested deeper than {max_depth} arrays or objects")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
         raise BodyError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in `text`, counting brackets outside strings, in linear time.
+
+    For valid JSON this is its nesting depth; for invalid JSON it is at least the depth the parser reaches
+    before it stops at the first error (up to there the two read the same strings).
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii").translate(_BRACKET_STEPS)
+    if not brackets:
+        return 0
+    # Each opening bracket is 2 and each closing one 0: the running sum less the count is the depth.
+    return max(0, int(max(map(sub, accumulate(brackets), range(1, len(brackets) + 1)))))
 
 
 async def read_form(request: Request, *, max_bytes: int) -> dict[str, str]:

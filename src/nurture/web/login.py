@@ -9,7 +9,8 @@
 The cookie (see `sessions`) is HttpOnly, SameSite=Lax and Path=/, and Secure, under a `__Host-` name, when
 the base URL is https. `next` is followed only when it is a path on this site, never to another host. The
 session can change nothing but itself, so CSRF is met by SameSite=Lax, a POST-only logout, and refusing a
-POST that the browser marks as cross-site (`Sec-Fetch-Site`): no other site can sign a rep in or out.
+POST that the browser marks as cross-site (`Sec-Fetch-Site`, or without it an `Origin` of another host):
+no other site can sign a rep in or out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nurture.db.queries.apikeys import StoredApiKey
 from nurture.errors import DatabaseUnavailableError
 from nurture.runtime import Runtime
 from nurture.web.auth import authenticate
+from nurture.web.hosts import is_foreign_origin
 from nurture.web.http import BodyError, read_form
 from nurture.web.sessions import (
     SESSION_TTL,
@@ -159,7 +161,11 @@ class LoginEndpoints:
 
 
 def _is_cross_site(request: Request) -> bool:
-    return request.headers.get("sec-fetch-site", "").lower() == "cross-site"
+    """The browser says so (`Sec-Fetch-Site`), or, without that header, `Origin` names another site."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site.lower() == "cross-site"
+    return is_foreign_origin(request.headers.get("origin"), request.app.state.allowed_hosts)
 
 
 def database_guard(views: Views, handler: Handler) -> Handler:

@@ -28,7 +28,9 @@ from uvicorn.config import HTTPProtocolType, LoopFactoryType
 
 from nurture.runtime import Runtime
 from nurture.web.app import SECURITY_HEADERS, create_app
+from nurture.web.hosts import allowed_hosts, host_name
 from nurture.web.pages import not_found_page
+from nurture.web.protocol import HeadLimits, bounded_httptools
 from nurture.web.tracking import NO_CACHE, PIXEL_GIF, TrackingEndpoints
 
 STOP_TIMEOUT_S: Final = 10  # in-flight requests get this long to finish once we are told to stop
@@ -73,15 +75,18 @@ def build_server(
     """Return a uvicorn server for `create_app(runtime, on_event=...)` that runs until `should_exit` is set.
 
     Access logs are off: tracking and unsubscribe URLs carry tokens that act for a lead, and logs carry ids
-    only.
+    only. A request's head is bounded in size and in time (`nurture.web.protocol`).
     """
     app = create_app(runtime, on_event=on_event)
     endpoints = tracking_endpoints(app)
     loop, http = fastest_stack()
+    limits = HeadLimits.of(runtime.settings)
     config = uvicorn.Config(
-        FastTrackingPaths(app, endpoints[0]) if len(endpoints) == 1 else app,
+        FastTrackingPaths(app, endpoints[0], allowed_hosts(runtime.settings)) if len(endpoints) == 1 else app,
         loop=loop,
-        http=http,
+        http=bounded_httptools(limits) if http == "httptools" else http,
+        h11_max_incomplete_event_size=limits.head_bytes,  # h11 has no count nor timeout of its own
+        timeout_keep_alive=runtime.settings.keep_alive_s,
         host=address.host,
         port=address.port,
         lifespan="off",
@@ -109,13 +114,15 @@ class FastTrackingPaths:
 
     Every email open and link click is one of these, so they are most of the web's load. The answers are the
     app's own, byte for byte: the same `TrackingEndpoints` records the event and chooses the redirect, and
-    the same headers are set (`SECURITY_HEADERS` where the endpoint set none), and a token that does not
-    verify gets the same 404 page. Anything else goes to `app`.
+    the same headers are set (`SECURITY_HEADERS` where the endpoint set none), a token that does not
+    verify gets the same 404 page. Anything else, and a request
+    for a host not in `hosts` (which the app refuses), goes to `app`.
     """
 
-    def __init__(self, app: ASGIApp, endpoints: TrackingEndpoints) -> None:
+    def __init__(self, app: ASGIApp, endpoints: TrackingEndpoints, hosts: frozenset[str]) -> None:
         self._app = app
         self._endpoints = endpoints
+        self._hosts = hosts
         self._pixel_headers = _with_security_headers(
             Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE).raw_headers
         )
@@ -130,29 +137,36 @@ class FastTrackingPaths:
             path: str = scope["path"]
             kind, token = path[:5], path[5:]
             if kind in ("/t/o/", "/t/c/") and token and "/" not in token:
-                user_agent = _header(scope, b"user-agent")
-                head = scope["method"] == "HEAD"  # recorded as a machine; uvicorn sends no body
-                if kind == "/t/o/":
-                    if await self._endpoints.record_open(token, user_agent, head=head):
-                        await _answer(send, 200, self._pixel_headers, PIXEL_GIF)
-                        return
-                else:
-                    landing = await self._endpoints.record_click(token, user_agent, head=head)
-                    if landing is not None:
-                        location = (b"location", quote(landing, safe=LOCATION_SAFE).encode("latin-1"))
-                        headers = [*self._redirect_head, location, *self._redirect_tail]
-                        await _answer(send, 307, headers, b"")
-                        return
-                await _answer(send, 404, *self._not_found)  # counted as `invalid` by the endpoints
-                return
+                host, user_agent = _host_and_user_agent(scope)
+                if host_name(host) in self._hosts:
+                    await self._track(send, kind, token, user_agent, head=scope["method"] == "HEAD")
+                    return
         await self._app(scope, receive, send)
 
+    async def _track(self, send: Send, kind: str, token: str, user_agent: str | None, *, head: bool) -> None:
+        # A HEAD is recorded as a machine; uvicorn sends no body.
+        if kind == "/t/o/":
+            if await self._endpoints.record_open(token, user_agent, head=head):
+                await _answer(send, 200, self._pixel_headers, PIXEL_GIF)
+                return
+        else:
+            landing = await self._endpoints.record_click(token, user_agent, head=head)
+            if landing is not None:
+                location = (b"location", quote(landing, safe=LOCATION_SAFE).encode("latin-1"))
+                headers = [*self._redirect_head, location, *self._redirect_tail]
+                await _answer(send, 307, headers, b"")
+                return
+        await _answer(send, 404, *self._not_found)  # counted as `invalid` by the endpoints
 
-def _header(scope: Scope, name: bytes) -> str | None:
+
+def _host_and_user_agent(scope: Scope) -> tuple[str, str | None]:
+    host, user_agent = "", None
     for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+        if key == b"host":
+            host = bytes(value).decode("latin-1")
+        elif key == b"user-agent":
+            user_agent = bytes(value).decode("latin-1")
+    return host, user_agent
 
 
 def _with_security_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -148,7 +148,9 @@ class TrackingEndpoints:
         if request.method == "OPTIONS":  # a preflight; site.js itself never needs one
             return Response(status_code=204, headers={**CORS, **_PREFLIGHT})
         try:
-            body = await read_json(request, max_bytes=MAX_VISIT_BYTES)
+            body = await read_json(
+                request, max_bytes=MAX_VISIT_BYTES, max_depth=self._runtime.settings.max_json_depth
+            )
         except BodyError as exc:
             self._metrics.request("visit", "rejected")
             return Response(exc.message, status_code=exc.status_code, headers=CORS)
