@@ -95,7 +95,7 @@ class EnrollmentRow:
 
 async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringLead | None:
     """Read a lead's scoring state and hold its row until commit, so rescores of one lead run one after the
-    other (on SQLite, BEGIN IMMEDIATE already serialises writers); None for an unknown lead."""
+    other (on SQLite, BEGIN IMMEDIATE already serialises writers); None for an unknown or erased lead."""
     stmt = select(
         leads.c.id,
         leads.c.stage,
@@ -106,7 +106,7 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
         leads.c.score_updated_at,
         leads.c.score_points,
         leads.c.score_points_at,
-    ).where(leads.c.id == lead_id)
+    ).where(leads.c.id == lead_id, leads.c.erased_at.is_(None))
     row = (await conn.execute(stmt.with_for_update())).first()
     if row is None:
         return None
@@ -151,6 +151,7 @@ async def fetch_engagement_events(conn: AsyncConnection, lead_id: int) -> list[L
                 delivery_sent_at=row.sent_at,
                 delivery_id=row.delivery_id,
                 machine_reason=_stored_machine_reason(row.properties),
+                repeat=(row.properties or {}).get("repeat") is True,
             ),
             received_at=row.received_at,
         )
