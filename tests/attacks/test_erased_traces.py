@@ -1,10 +1,10 @@
 """An erased lead leaves no trace, and a suppressed lead's mail engagement alerts nobody.
 
-Over HTTP against the real tracking web: after erasure every token of the lead (pixel, click, visit) is a
-404 that stores nothing, on the direct path and on the Redis stream's batched path; the events API refuses
-its `lead_id`; nothing rescores it, gives it an owner or alerts on it, and an alert raised before the
-erasure is withdrawn. An unsubscribed lead's clicks on old mail raise no alert while its site visits still
-reach its rep, and never enroll it again.
+Over HTTP against the real tracking web: after erasure every token of the lead (pixel, click, share link,
+visit) is a 404 that stores nothing, on the direct path and on the Redis stream's batched path; the events
+API refuses its `lead_id`; nothing rescores it, gives it an owner or alerts on it, and an alert raised
+before the erasure is withdrawn. An unsubscribed lead's clicks on old mail raise no alert while its site
+visits still reach its rep, and never enroll it again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Table, func, select
 
 from nurture.core.events import InboundEvent, NotRecorded
-from nurture.core.tracking import visitor_token
+from nurture.core.tracking import share_url, visitor_token
 from nurture.db.queries.tables import alerts, enrollments, events, leads
 from nurture.event_consumer import EventConsumer
 from nurture.event_stream import STREAM, EventStream
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 LEAD = "mei@example.com"
 PRICING = "https://acmeflow.example/pricing"
+PROPOSAL = "https://files.example/proposal.pdf"
 LATER = timedelta(hours=1)
 REFRESH_S = 0.05  # NURTURE_ERASED_REFRESH_S of these sites: how stale the web's erased set may be
 
@@ -59,6 +60,7 @@ async def mailed(site: Site) -> tuple[int, dict[str, str]]:
         "o": re.findall(r'/t/o/([A-Za-z0-9_.-]+)"', html)[0],
         "c": re.findall(r'/t/c/([A-Za-z0-9_.-]+)"', html)[0],
         "v": visitor_token(lead_id, key=SECRET.encode()),
+        "p": share_url("", lead_id=lead_id, url=PROPOSAL, kind="proposal", key=SECRET.encode()),
     }
     return lead_id, tokens
 
@@ -79,6 +81,7 @@ async def _hit_every_token(site: Site, tokens: dict[str, str], url: str = PRICIN
         (await site.client.get(f"/t/c/{tokens['c']}")).status_code,
         (await site.client.head(f"/t/c/{tokens['c']}")).status_code,
         (await site.client.post("/t/v", json={"token": tokens["v"], "url": url})).status_code,
+        (await site.client.get(tokens["p"])).status_code,
     ]
 
 
@@ -94,14 +97,14 @@ async def test_every_token_of_an_erased_lead_is_a_404_and_stores_nothing(fresh_s
     site = fresh_site
     lead_id, tokens = await mailed(site)
     site.clock.advance(LATER)
-    assert await _hit_every_token(site, tokens) == [200, 307, 307, 204]
+    assert await _hit_every_token(site, tokens) == [200, 307, 307, 204, 307]
     stored = await _count(site, events)
 
     # When the lead is erased
     await _erase(site)
 
     # Then every token is dead and nothing more is stored
-    assert await _hit_every_token(site, tokens) == [404, 404, 404, 404]
+    assert await _hit_every_token(site, tokens) == [404, 404, 404, 404, 404]
     assert await _count(site, events) == stored
     # And the events API refuses its lead_id
     answer = await site.client.post(
@@ -171,7 +174,7 @@ async def test_events_buffered_before_an_erasure_are_stored_nowhere(buffered_sit
     site = buffered_site
     _, tokens = await mailed(site)
     site.clock.advance(LATER)
-    assert await _hit_every_token(site, tokens) == [200, 307, 307, 204]
+    assert await _hit_every_token(site, tokens) == [200, 307, 307, 204, 307]
     await _erase(site)
 
     # When a worker's consumer stores the batch
@@ -185,9 +188,9 @@ async def test_events_buffered_before_an_erasure_are_stored_nowhere(buffered_sit
         await stream.aclose()
 
     # Then nothing is stored and no rescore is enqueued; the tokens are dead now
-    assert (report.recorded, report.unknown_leads, rescored) == (0, 4, [])
+    assert (report.recorded, report.unknown_leads, rescored) == (0, 5, [])
     assert await _count(site, events) == 0
-    assert await _hit_every_token(site, tokens) == [404, 404, 404, 404]
+    assert await _hit_every_token(site, tokens) == [404, 404, 404, 404, 404]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
