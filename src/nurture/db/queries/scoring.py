@@ -317,7 +317,8 @@ def _lead_record(row: Row[Any]) -> LeadRecord:
 async def fetch_leads_with_unscored_events(
     conn: AsyncConnection, *, received_after: datetime, received_before: datetime
 ) -> list[int]:
-    """Leads with an event received in the window but not scored since (its re-score message was lost)."""
+    """Leads, not erased, with an event received in the window but not scored since (its re-score message
+    was lost)."""
     stmt = (
         select(events.c.lead_id)
         .distinct()
@@ -325,6 +326,7 @@ async def fetch_leads_with_unscored_events(
         .where(
             events.c.received_at > received_after,
             events.c.received_at <= received_before,
+            leads.c.erased_at.is_(None),  # an erased lead is never rescored: nothing to find again
             (leads.c.score_updated_at.is_(None)) | (leads.c.score_updated_at < events.c.received_at),
         )
     )
