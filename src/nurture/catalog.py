@@ -23,6 +23,7 @@ from nurture.core.context import Rep
 from nurture.core.lead import normalise_email
 from nurture.core.schedule import NO_DAYS_OFF, DaysOff
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules, parse_scoring
+from nurture.core.site_hosts import hosts_of_urls
 from nurture.errors import CampaignError, ConfigError, ConfigErrors, TemplateError
 from nurture.render import RENDER_ERRORS, TemplateRenderer, one_line
 from nurture.sandbox import LimitedSandbox, render_limited
@@ -33,6 +34,7 @@ _REP_KEYS = ("email", "name", "title", "phone", "notify", "away")
 # only their shape is checked here; the alert sinks report one they cannot use.
 _NOTIFY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+_HREF = re.compile(r"""\bhref\s*=\s*["']?(https?://[^"'\s>{}]+)""", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,19 @@ class Catalog:
         if template is None:
             template = self._task_titles[title] = self._task_env.from_string(title)
         return template
+
+    def link_hosts(self) -> frozenset[str]:
+        """The hosts of the absolute http(s) links written in the templates (not those a variable makes):
+        the company's own sites, where `NURTURE_SITE_HOSTS` does not name them."""
+        urls: list[str] = []
+        if self.templates_dir.is_dir():
+            for path in sorted(p for p in self.templates_dir.rglob("*") if p.is_file()):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):  # not a template: load_catalog reports the ones used
+                    continue
+                urls += _HREF.findall(text)
+        return hosts_of_urls(urls)
 
     @cached_property
     def _task_env(self) -> LimitedSandbox:

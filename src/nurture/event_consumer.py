@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
 import redis
@@ -44,7 +45,7 @@ from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules
 from nurture.db.engine import Database
 from nurture.event_stream import EventStream, StreamEntry, decode_event
-from nurture.flows.engage import record_keyed_events
+from nurture.flows.engage import REPLAY_WINDOW, record_keyed_events
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,15 @@ EnqueueRescores = Callable[[Sequence[int]], None]  # blocking (a broker client):
 class BatchReport:
     recorded: int = 0
     duplicates: int = 0  # stored before (a redelivery): not recorded again
+    repeats: int = 0  # of `recorded`: the same signal as one stored within the replay window
     unknown_leads: int = 0  # the lead was erased since the link was made
     rejected: int = 0  # garbage, or refused by the database: kept in the rejected stream
+
+
+def _may_change_score(outcome: RecordedEvent | NotRecorded) -> bool:
+    if isinstance(outcome, RecordedEvent):
+        return not outcome.repeat
+    return outcome is not NotRecorded.UNKNOWN_LEAD
 
 
 class EventConsumer:
@@ -83,8 +91,10 @@ class EventConsumer:
         block_ms: int = BLOCK_MS,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         rules: ScoringRules = DEFAULT_RULES,
+        replay_window: timedelta = REPLAY_WINDOW,
     ) -> None:
         self._stream = stream
+        self._replay_window = replay_window
         self._db = db
         self._clock = clock
         self._enqueue = enqueue_rescores
@@ -166,13 +176,15 @@ class EventConsumer:
             else:
                 outcomes.append((event, outcome))
         # A duplicate is a redelivery after a crash that may have come before its re-score was enqueued.
-        leads = sorted({e.lead_id for e, o in outcomes if o is not NotRecorded.UNKNOWN_LEAD})
+        # An erased or unknown lead's event, and a repeat within the replay window, change no score.
+        leads = sorted({e.lead_id for e, o in outcomes if _may_change_score(o)})
         if leads:
             await asyncio.to_thread(self._enqueue, leads)
         await self._stream.settle([entry.entry_id for entry in entries])
         report = BatchReport(
             recorded=sum(isinstance(o, RecordedEvent) for _, o in outcomes),
             duplicates=sum(o is NotRecorded.DUPLICATE for _, o in outcomes),
+            repeats=sum(isinstance(o, RecordedEvent) and o.repeat for _, o in outcomes),
             unknown_leads=sum(o is NotRecorded.UNKNOWN_LEAD for _, o in outcomes),
             rejected=rejected,
         )
@@ -188,7 +200,9 @@ class EventConsumer:
         refuses alone. Returns the outcome of each event stored, and how many were rejected."""
         events = [event for _, event in decoded]
         try:
-            outcomes = await record_keyed_events(self._db, events, now=self._clock.now(), rules=self._rules)
+            outcomes = await record_keyed_events(
+                self._db, events, now=self._clock.now(), rules=self._rules, replay_window=self._replay_window
+            )
         except (IntegrityError, DataError):
             log.warning("event stream: a batch of %s was refused; storing it event by event", len(events))
         else:
@@ -198,7 +212,11 @@ class EventConsumer:
         for entry, event in decoded:
             try:
                 [outcome] = await record_keyed_events(
-                    self._db, [event], now=self._clock.now(), rules=self._rules
+                    self._db,
+                    [event],
+                    now=self._clock.now(),
+                    rules=self._rules,
+                    replay_window=self._replay_window,
                 )
             except (IntegrityError, DataError) as exc:
                 await self._reject(entry, f"refused by the database: {type(exc.orig).__name__}")
@@ -245,6 +263,7 @@ class EventConsumerMiddleware(Middleware):
             self._enqueue_each,
             claim_idle_ms=claim_idle_ms,
             rules=runtime.catalog.scoring,
+            replay_window=timedelta(seconds=runtime.settings.replay_window_s),
         )
 
         async def start() -> asyncio.Task[None]:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from nurture.core.lead import LeadLimits
 from nurture.core.ratelimit import parse_rate_limits
+from nurture.core.site_hosts import parse_site_hosts
 from nurture.errors import ConfigError
 
 # The database URLs a SQLAlchemy user writes, mapped to the async drivers nurture runs on.
@@ -136,6 +137,22 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(default=5, gt=0)  # an idle connection between requests
     # Host names the web answers to besides NURTURE_BASE_URL's (comma-separated); others get 400.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # --- hostile tracking input ---
+    # the hosts whose pages a visit may name (a host also covers its subdomains); empty: the hosts of the
+    # absolute links in the campaigns' templates
+    site_hosts: str = ""
+    visit_rate_per_s: float = Field(default=0.2, gt=0)  # sustained visits per second, per visitor token
+    visit_burst: int = Field(default=10, gt=0)  # visits a visitor token may post at once
+    visit_client_rate_per_s: float = Field(default=2.0, gt=0)  # sustained visits per second, per client IP
+    visit_client_burst: int = Field(default=60, gt=0)  # visits one client address may post at once
+    replay_window_s: float = Field(default=600.0, ge=0)  # the same event within this counts once; 0: off
+    erased_refresh_s: float = Field(default=5.0, gt=0)  # how stale the web's list of erased leads may be
+
+    @field_validator("site_hosts")
+    @classmethod
+    def _site_hosts_parse(cls, value: str) -> str:
+        parse_site_hosts(value)  # a bad host fails at start-up, named in the message
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -20,6 +20,7 @@ from nurture.db.queries.tables import alerts, deliveries, enrollments, leads, to
 from nurture.errors import AlertDeliveryError
 from nurture.flows.alert import deliver_alert, find_stalled_alerts
 from nurture.flows.engage import record_event
+from nurture.flows.erase import erase_lead
 from nurture.flows.escalate import find_unscored_leads, rescore, rescore_all
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import enroll
@@ -469,6 +470,16 @@ async def test_an_event_whose_rescore_was_lost_is_found_again_until_it_is_scored
     assert result is not None
     assert [a["trigger"] for a in await _alerts(db, lead_id)] == ["moment:pricing_visit"]
     assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=5)) == []
+
+
+async def test_an_erased_lead_with_unscored_events_is_never_found_for_a_rescore(db: Database) -> None:
+    lead_id = await _add_lead(db, "mei@example.com")
+    await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=2)) == [lead_id]  # the control
+
+    await erase_lead(db, "mei@example.com", now=NOW + timedelta(minutes=1))
+
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=2)) == []
 
 
 # --- the handoff and the cooldown -----------------------------------------------------------------------

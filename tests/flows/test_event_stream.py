@@ -278,7 +278,7 @@ async def test_with_redis_down_the_web_records_in_the_database_instead(
         outcomes = [await recorder.accept(InboundEvent(lead_ids[0], "email_open", NOW)) for _ in range(3)]
     finally:
         await recorder.aclose()
-    assert outcomes == ["ok"] * 3
+    assert outcomes == ["ok", "repeat", "repeat"]  # one pixel again within the replay window: stored, once
     assert await _count(db, events) == 3
 
 
@@ -307,3 +307,23 @@ async def _until(count: Any, expected: int) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"expected {expected}, have {await count()}")
+
+
+async def test_a_pixel_replayed_within_the_window_enqueues_one_rescore_on_either_path(
+    db: Database, stream: EventStream, lead_ids: list[int]
+) -> None:
+    # Given one open replayed 20 times, recorded directly and through the stream
+    enqueued: list[int] = []
+    direct = EventRecorder(db, WebMetrics(), on_event=enqueued.append)
+    for _ in range(20):
+        await direct.record([InboundEvent(lead_ids[0], "email_open", NOW)], now=NOW)
+    await _append(stream, [lead_ids[1]], 20)  # twenty identical opens of another lead
+    rescores = Rescores()
+
+    report = await _consumer(stream, db, rescores, "a").step()
+
+    # Then each lead is re-scored once, every event is stored, and all but the first are repeats
+    assert enqueued == [lead_ids[0]]
+    assert rescores.leads == [lead_ids[1]]
+    assert (report.recorded, report.repeats) == (20, 19)
+    assert await _count(db, events) == 40

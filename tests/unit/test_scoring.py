@@ -621,3 +621,18 @@ def test_a_stored_score_decays_to_what_scoring_again_gives(events: list[Engageme
     assert abs(again.points - decayed) < 1e-6
     if abs(decayed % 1 - 0.5) > 1e-6:  # away from a rounding tie, the integers agree too
         assert score_as_of(then.points, at, now, HALF) == again.total
+
+
+@given(repeats=st.integers(min_value=1, max_value=30))
+def test_a_stored_repeat_never_scores_nor_hits_a_moment(repeats: int) -> None:
+    first = EngagementEvent(1, "page_visit", NOW - timedelta(minutes=5), url="https://a.example/pricing")
+    again = [
+        dataclasses.replace(first, id=2 + i, occurred_at=NOW - timedelta(minutes=4, seconds=i), repeat=True)
+        for i in range(repeats)
+    ]
+
+    breakdown = score([first, *again], DEFAULT_RULES, NOW)
+
+    assert breakdown.total == score([first], DEFAULT_RULES, NOW).total
+    assert all(item.ignored is not None and item.ignored.startswith("repeat") for item in breakdown.items[1:])
+    assert matched_moments(again, [first], DEFAULT_RULES) == ()

@@ -40,9 +40,10 @@ class InboundEvent:
 class RecordedEvent:
     event_id: int
     lead_id: int
+    repeat: bool = False  # the same signal as one stored within the replay window: stored, never scored
 
 
 class NotRecorded(StrEnum):
     DUPLICATE = "duplicate"  # its idempotency key is already stored
-    UNKNOWN_LEAD = "unknown_lead"
+    UNKNOWN_LEAD = "unknown_lead"  # no such lead, or an erased one
     FOREIGN_DELIVERY = "foreign_delivery"  # it names an email that is not its lead's: refused

@@ -9,12 +9,14 @@
    `scanner_user_agents`; an `email_open` less than `min_open_delay`, or an `email_click` less than a second,
    after its email was sent), or one of `click_burst` or more `email_click`s of one delivery within one
    second (a scanner following every link). Ignored, with a reason starting "machine: ".
-3. **Points**: the first `url_rules` entry whose `event_types` holds the event's type and whose pattern
+3. **Repeats**: an event stored as a repeat of one within the replay window (`flows.engage`) is ignored
+   ("repeat: ..."), and hits no moment.
+4. **Points**: the first `url_rules` entry whose `event_types` holds the event's type and whose pattern
    matches its URL, else `points[type]`. A type with neither is ignored ("no points for ..."); a rule worth
    0 counts with 0 points.
-4. **Daily caps**: per event type and UTC day, the first `daily_caps[type]` counted events (by time, then id)
+5. **Daily caps**: per event type and UTC day, the first `daily_caps[type]` counted events (by time, then id)
    count; the rest are ignored. The input order never changes the result.
-5. **Decay**: a counted event is worth `base_points * 0.5 ** (age / half_life)` at `now`.
+6. **Decay**: a counted event is worth `base_points * 0.5 ** (age / half_life)` at `now`.
 
 Points are never negative, so decay can only lower a score. Every event decays at the same rate, so a
 score's unrounded points (`ScoreBreakdown.points`) at one instant give its value at any later one with no
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 _BURST_SPAN: Final = timedelta(seconds=1)
+REPEAT_IGNORED: Final = "repeat: the same event within the replay window counts once"
 _DROP_MARGIN: Final = timedelta(milliseconds=1)
 
 
@@ -83,6 +86,7 @@ class EngagementEvent:
     delivery_sent_at: datetime | None = None  # when the email this open/click belongs to was sent
     delivery_id: int | None = None
     machine_reason: str | None = None  # why it was flagged as machine-made when stored, if it was
+    repeat: bool = False  # stored as a repeat of an earlier event within the replay window
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,7 @@ def matched_moments(
         if _machine_reason(event, rules, in_burst=position in bursts) is None
     ]
     human_keys = [_order(event) for event, _ in human]
-    candidates = [event for event, is_new in human if is_new]
+    candidates = [event for event, is_new in human if is_new and not event.repeat]
     found: list[tuple[Moment, EngagementEvent]] = []
     for moment in rules.moments:
         for event in candidates:
@@ -331,6 +335,8 @@ def _base_points(
     machine = _machine_reason(event, rules, in_burst=in_burst)
     if machine is not None:
         return 0, machine
+    if event.repeat:
+        return 0, REPEAT_IGNORED
     if event.url is not None:
         for rule in rules.url_rules:
             if event.type in rule.event_types and url_matches(rule.pattern, event.url):

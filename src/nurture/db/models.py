@@ -297,7 +297,7 @@ class Alert(Base):
     score_before: Mapped[int] = mapped_column(Integer)
     score_after: Mapped[int] = mapped_column(Integer)
     owner: Mapped[str | None] = mapped_column(String(320))
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered|failed|withdrawn
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]

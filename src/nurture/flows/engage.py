@@ -1,15 +1,23 @@
 """Engagement that comes back from a lead: events (opens, clicks, site visits, API events) and unsubscribing.
 
 `record_event` stores one event and the touchpoint that puts it on the lead's timeline, once: an event that
-carries an idempotency key already stored is a replay, and changes nothing. Re-scoring is not done here; the
-caller enqueues it for the leads this returns.
+carries an idempotency key already stored is a replay, and changes nothing. So is a repeat: an event with
+the same lead, type, email and URL, and the same machine flag, as one stored (or taken earlier in the same
+batch) less than the replay window (`NURTURE_REPLAY_WINDOW_S`) before or after it. A repeat is stored (the
+log stays complete) with `properties.repeat = true`, and its outcome says `repeat`: it never scores
+(`core.scoring`) and its caller enqueues no re-score for it, so a pixel URL fetched 6,000 times, or a page
+posted by a script in a loop, is one signal. A human event after a machine one of the same key is not a
+repeat; a repeat does not extend the window. An erased lead, like an unknown one, records nothing
+(`UNKNOWN_LEAD`).
+Re-scoring is not done here; the caller enqueues it for the leads this returns.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,6 +34,7 @@ from nurture.db.queries.events import (
     fetch_existing_lead_ids,
     fetch_lead_email,
     fetch_lead_ids_by_email,
+    fetch_recent_events,
     insert_event,
     insert_keyed_events,
 )
@@ -37,18 +46,33 @@ log = logging.getLogger(__name__)
 UNSUBSCRIBED = "unsubscribed"
 MACHINE: Final = "machine"  # events.properties keys of the machine flag (see `_properties`)
 MACHINE_REASON: Final = "machine_reason"
+REPEAT: Final = "repeat"  # events.properties key of a repeat within the replay window (JSON true)
+REPLAY_WINDOW: Final = timedelta(minutes=10)  # NURTURE_REPLAY_WINDOW_S
+RepeatKey = tuple[int, str, int | None, str | None, bool]  # lead, type, delivery, URL, machine
+_Seen = tuple[datetime, str | None]  # when an event with a repeat key occurred, and its idempotency key
 
 
 async def record_event(
-    db: Database, event: InboundEvent, *, now: datetime, rules: ScoringRules = DEFAULT_RULES
+    db: Database,
+    event: InboundEvent,
+    *,
+    now: datetime,
+    rules: ScoringRules = DEFAULT_RULES,
+    replay_window: timedelta = REPLAY_WINDOW,
 ) -> RecordedEvent | None:
-    """Store `event` and its touchpoint; None when it is a replay, or its lead or email is not its own."""
-    [outcome] = await record_events(db, [event], now=now, rules=rules)
+    """Store `event` and its touchpoint; None when it is a replay, or its lead is unknown or erased, or its
+    email is not its lead's."""
+    [outcome] = await record_events(db, [event], now=now, rules=rules, replay_window=replay_window)
     return outcome if isinstance(outcome, RecordedEvent) else None
 
 
 async def record_events(
-    db: Database, events: Sequence[InboundEvent], *, now: datetime, rules: ScoringRules = DEFAULT_RULES
+    db: Database,
+    events: Sequence[InboundEvent],
+    *,
+    now: datetime,
+    rules: ScoringRules = DEFAULT_RULES,
+    replay_window: timedelta = REPLAY_WINDOW,
 ) -> list[RecordedEvent | NotRecorded]:
     """Store several events in one transaction; return what became of each, in order.
 
@@ -61,8 +85,9 @@ async def record_events(
         return []
     async with db.transaction() as conn:
         known = await fetch_existing_lead_ids(conn, {e.lead_id for e in events})
+        recent = await _Recent.load(conn, [e for e in events if e.lead_id in known], replay_window)
         outcomes = [
-            await _record(conn, e, now, rules) if e.lead_id in known else NotRecorded.UNKNOWN_LEAD
+            await _record(conn, e, now, rules, recent) if e.lead_id in known else NotRecorded.UNKNOWN_LEAD
             for e in events
         ]
     for event, outcome in zip(events, outcomes, strict=True):
@@ -76,7 +101,12 @@ async def record_events(
 
 
 async def record_keyed_events(
-    db: Database, events: Sequence[InboundEvent], *, now: datetime, rules: ScoringRules = DEFAULT_RULES
+    db: Database,
+    events: Sequence[InboundEvent],
+    *,
+    now: datetime,
+    rules: ScoringRules = DEFAULT_RULES,
+    replay_window: timedelta = REPLAY_WINDOW,
 ) -> list[RecordedEvent | NotRecorded]:
     """`record_events` for a batch in which every event has an idempotency key, in five statements at most.
 
@@ -98,16 +128,26 @@ async def record_keyed_events(
         firsts: dict[str, InboundEvent] = {}
         for e in storable:  # a key twice: the first one counts; rows go in in the batch's order
             firsts.setdefault(str(e.idempotency_key), e)
-        keyed = [(key, e, _source_of(e, sources)) for key, e in firsts.items()]
-        ids = await insert_keyed_events(conn, [_event_row(e, s, now, key, rules) for key, e, s in keyed])
-        await append_touchpoints(conn, [_touchpoint(e, ids[key], s) for key, e, s in keyed if key in ids])
+        recent = await _Recent.load(conn, storable, replay_window)
+        keyed: list[tuple[str, InboundEvent, EventSource | None, dict[str, Any]]] = []
+        repeats: set[str] = set()
+        for key, e in firsts.items():
+            source = _source_of(e, sources)
+            row = _event_row(e, source, now, key, rules)
+            if not recent.take(row):
+                row["properties"][REPEAT] = True
+                repeats.add(key)
+            keyed.append((key, e, source, row))
+        ids = await insert_keyed_events(conn, [row for _, _, _, row in keyed])
+        await append_touchpoints(conn, [_touchpoint(e, ids[key], s) for key, e, s, _ in keyed if key in ids])
     outcomes: list[RecordedEvent | NotRecorded] = []
     for e, refusal in zip(events, refusals, strict=True):
         event_id = ids.pop(str(e.idempotency_key), None)
         if refusal is not None:
             outcomes.append(refusal)
         elif event_id is not None:
-            outcomes.append(RecordedEvent(event_id=event_id, lead_id=e.lead_id))
+            repeat = str(e.idempotency_key) in repeats
+            outcomes.append(RecordedEvent(event_id=event_id, lead_id=e.lead_id, repeat=repeat))
         else:
             outcomes.append(NotRecorded.DUPLICATE)
     return outcomes
@@ -147,7 +187,7 @@ def _properties(event: InboundEvent, source: EventSource | None, rules: ScoringR
     `machine` is stored only as JSON true (reports and scoring rely on exactly that), with `machine_reason`:
     when `core.machine` finds the event machine-made, or when its sender marked it `machine: true`.
     """
-    stored = {k: v for k, v in event.properties.items() if k not in (MACHINE, MACHINE_REASON)}
+    stored = {k: v for k, v in event.properties.items() if k not in (MACHINE, MACHINE_REASON, REPEAT)}
     stored.update((k, v) for k, v in (("url", event.url), ("user_agent", event.user_agent)) if v is not None)
     reason = machine_reason(
         event.type,
@@ -178,8 +218,50 @@ def _touchpoint(event: InboundEvent, event_id: int, source: EventSource | None) 
     }
 
 
+class _Recent:
+    """The repeat keys (see the module doc) of the events stored near a batch's, and of those it takes."""
+
+    def __init__(self, window: timedelta, seen: Mapping[RepeatKey, list[_Seen]]) -> None:
+        self._window = window
+        self._seen: defaultdict[RepeatKey, list[_Seen]] = defaultdict(list, seen)
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, events: Sequence[InboundEvent], window: timedelta) -> _Recent:
+        if window <= timedelta(0) or not events:
+            return cls(window, {})
+        times = [e.occurred_at for e in events]
+        stored = await fetch_recent_events(
+            conn, {e.lead_id for e in events}, after=min(times) - window, before=max(times) + window
+        )
+        seen: dict[RepeatKey, list[_Seen]] = {}
+        for row in stored:
+            key = _repeat_key(row.lead_id, row.type, row.delivery_id, row.properties)
+            seen.setdefault(key, []).append((row.occurred_at, row.idempotency_key))
+        return cls(window, seen)
+
+    def take(self, row: Mapping[str, Any]) -> bool:
+        """True (and remembered) unless the event of `row` repeats one seen within the window."""
+        if self._window <= timedelta(0):
+            return True
+        key = _repeat_key(row["lead_id"], row["type"], row["delivery_id"], row["properties"])
+        at, own = row["occurred_at"], row["idempotency_key"]
+        # An event stored with this very idempotency key is its own replay: the insert says DUPLICATE.
+        if any(abs(at - t) < self._window and (own is None or k != own) for t, k in self._seen[key]):
+            return False
+        self._seen[key].append((at, own))
+        return True
+
+
+def _repeat_key(
+    lead_id: int, event_type: str, delivery_id: int | None, properties: Mapping[str, Any]
+) -> RepeatKey:
+    url = properties.get("url")
+    machine = properties.get(MACHINE) is True
+    return (lead_id, event_type, delivery_id, url if isinstance(url, str) else None, machine)
+
+
 async def _record(
-    conn: AsyncConnection, event: InboundEvent, now: datetime, rules: ScoringRules
+    conn: AsyncConnection, event: InboundEvent, now: datetime, rules: ScoringRules, recent: _Recent
 ) -> RecordedEvent | NotRecorded:
     source = None
     if event.delivery_id is not None:
@@ -188,6 +270,9 @@ async def _record(
         if source is None:
             return NotRecorded.FOREIGN_DELIVERY
     row = _event_row(event, source, now, event.idempotency_key, rules)
+    repeat = not recent.take(row)
+    if repeat:
+        row["properties"][REPEAT] = True
     event_id = await insert_event(
         conn,
         lead_id=row["lead_id"],
@@ -201,7 +286,7 @@ async def _record(
     if event_id is None:
         return NotRecorded.DUPLICATE
     await append_touchpoints(conn, [_touchpoint(event, event_id, source)])
-    return RecordedEvent(event_id=event_id, lead_id=event.lead_id)
+    return RecordedEvent(event_id=event_id, lead_id=event.lead_id, repeat=repeat)
 
 
 async def find_leads_by_email(db: Database, emails: Collection[str]) -> dict[str, int]:

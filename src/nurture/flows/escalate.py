@@ -26,7 +26,7 @@ from nurture.core.lifecycle import (
     assign_owner,
     stage_after_scoring,
 )
-from nurture.core.scoring import matched_moments, next_drop_at, score, score_as_of
+from nurture.core.scoring import EngagementEvent, matched_moments, next_drop_at, score, score_as_of
 from nurture.core.stages import StageChange, StagePath
 from nurture.db.engine import Database
 from nurture.db.queries.alerts import fetch_last_alert, insert_alert, revise_pending_alert
@@ -59,6 +59,8 @@ QUALIFIED: Final = "qualified"
 LATE_COMMIT_GRACE: Final = timedelta(minutes=5)
 # How soon an event's own rescore normally runs: a rescore without alerts leaves newer events to it.
 QUEUED_RESCORE_WINDOW: Final = timedelta(minutes=15)
+# Engagement only mail makes: a suppressed lead (unsubscribed, bounced, complained) raises no alert with it.
+MAIL_EVENT_TYPES: Final = frozenset({"email_open", "email_click"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +88,19 @@ async def rescore(
     recorded but no alert is raised; events that arrived in the last `QUEUED_RESCORE_WINDOW` and were not
     scored yet are left new for the rescore their arrival queued, so their moments still alert.
 
+    An erased lead is not rescored (None, as for an unknown lead): nothing scores, assigns or alerts it. A
+    suppressed lead's score and stage follow all its events, but its alerts only those that did not come
+    through mail (`MAIL_EVENT_TYPES`, or anything from one of its emails' links): its site visits still
+    reach its rep.
+
     Returns:
-        What changed, with the ids of alerts to send; None for an unknown lead.
+        What changed, with the ids of alerts to send; None for an unknown or erased lead.
     """
     rules = catalog.scoring
     async with db.transaction() as conn:
         lead = await lock_lead_for_scoring(conn, lead_id)
         if lead is None:
-            log.info("rescore of an unknown lead lead_id=%s", lead_id)
+            log.info("rescore of an unknown or erased lead lead_id=%s", lead_id)
             return None
         lead = _as_of(lead, now, rules.half_life)  # the stored score decayed to now: what the lead was at
         logged = await fetch_engagement_events(conn, lead_id)
@@ -157,6 +164,10 @@ async def _alert_if_due(
     """
     since = lead.score_updated_at - LATE_COMMIT_GRACE if lead.score_updated_at is not None else None
     hit = await fetch_moment_event_ids(conn, lead.id, since=since) if since is not None else set()
+    if lead.suppressed:
+        # Mail it can no longer be sent raises no alert: only the engagement it still makes on its own counts.
+        logged = [e for e in logged if not _from_mail(e.event)]
+        total = score([e.event for e in logged], catalog.scoring, now).total
     new = [e.event for e in logged if _received_since(e, since) and e.event.id not in hit]
     new_ids = {event.id for event in new}
     history = [e.event for e in logged if e.event.id not in new_ids]
@@ -169,6 +180,11 @@ async def _alert_if_due(
         detail = {"moment": moment.name, "event_id": event.id, "alert_id": alert_id}
         await append_touchpoint(conn, lead_id=lead.id, kind=MOMENT, occurred_at=now, detail=detail)
     return alert_id
+
+
+def _from_mail(event: EngagementEvent) -> bool:
+    """An open or click of an email, or anything else that came through one of its links."""
+    return event.delivery_id is not None or event.type in MAIL_EVENT_TYPES
 
 
 async def _record_score(

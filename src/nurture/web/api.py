@@ -150,7 +150,8 @@ class ApiEndpoints:
             if outcome is NotRecorded.UNKNOWN_LEAD:
                 rejected.append(Rejected(index, "lead_id", "no such lead"))
             elif isinstance(outcome, RecordedEvent):
-                results.append({"index": index, "event_id": outcome.event_id, "lead_id": event.lead_id})
+                result = {"index": index, "event_id": outcome.event_id, "lead_id": event.lead_id}
+                results.append({**result, "repeat": True} if outcome.repeat else result)
             else:
                 results.append({"index": index, "duplicate": True, "lead_id": event.lead_id})
         rejected.sort(key=lambda r: r.index)

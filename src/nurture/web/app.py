@@ -12,6 +12,7 @@ and no form target but ourselves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Final
 from urllib.parse import quote
 
@@ -54,7 +55,8 @@ def create_app(runtime: Runtime, *, on_event: Callable[[int], None] | None = Non
     right after the commit and on the event loop: it must only enqueue (the lead's re-score).
     """
     metrics = WebMetrics()
-    recorder = EventRecorder(runtime.db, metrics, on_event)
+    window = timedelta(seconds=runtime.settings.replay_window_s)
+    recorder = EventRecorder(runtime.db, metrics, on_event, replay_window=window)
     views = Views()
     reps = RepAuth(runtime)
     hosts = allowed_hosts(runtime.settings)

@@ -1,7 +1,8 @@
 """Record events for the endpoints: store them, count them, and hand each lead with a new event to `on_event`.
 
 `on_event` is how a re-score gets enqueued (the service passes the actor's `send`). It runs on the event loop
-right after the commit, so it must only enqueue. It is not called for replays or unknown leads.
+right after the commit, so it must only enqueue. It is not called for replays, repeats, or unknown or erased
+leads.
 
 `TrackingRecorder` is what the pixel, click and visit endpoints use. With Redis configured it appends each
 event to the event stream (one XADD; a worker stores it: `nurture.event_consumer`) and the request is done.
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from redis.exceptions import RedisError
@@ -26,7 +27,7 @@ from nurture.core.events import InboundEvent, NotRecorded, RecordedEvent
 from nurture.core.scoring import DEFAULT_RULES, ScoringRules
 from nurture.db.engine import Database
 from nurture.event_stream import EventStream
-from nurture.flows.engage import record_events
+from nurture.flows.engage import REPLAY_WINDOW, record_events
 from nurture.web.metrics import WebMetrics
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,16 @@ BUFFERED: Final = "buffered"
 
 
 class EventRecorder:
-    def __init__(self, db: Database, metrics: WebMetrics, on_event: OnEvent | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        metrics: WebMetrics,
+        on_event: OnEvent | None,
+        *,
+        replay_window: timedelta = REPLAY_WINDOW,
+    ) -> None:
         self._db = db
+        self._replay_window = replay_window
         self._metrics = metrics
         self._on_event = on_event
 
@@ -48,13 +57,15 @@ class EventRecorder:
     ) -> list[RecordedEvent | NotRecorded]:
         """Store `events` in one transaction and return what became of each (see `record_events`; `rules`
         tell which events are flagged as machine engagement)."""
-        outcomes = await record_events(self._db, events, now=now, rules=rules)
+        outcomes = await record_events(
+            self._db, events, now=now, rules=rules, replay_window=self._replay_window
+        )
         for event, outcome in zip(events, outcomes, strict=True):
             if isinstance(outcome, RecordedEvent):
                 self._metrics.events.labels(type=event.type).inc()
             elif outcome is NotRecorded.DUPLICATE:
                 self._metrics.duplicates.labels(type=event.type).inc()
-        leads = dict.fromkeys(o.lead_id for o in outcomes if isinstance(o, RecordedEvent))
+        leads = dict.fromkeys(o.lead_id for o in outcomes if isinstance(o, RecordedEvent) and not o.repeat)
         for lead_id in leads:
             # The broker client blocks: off the event loop, so a slow Redis cannot stall other requests.
             await asyncio.to_thread(self._notify, lead_id)
@@ -107,7 +118,9 @@ class TrackingRecorder:
                     reason,
                 )
         [outcome] = await self._recorder.record([event], now=event.occurred_at, rules=self._rules)
-        return outcome.value if isinstance(outcome, NotRecorded) else "ok"
+        if isinstance(outcome, NotRecorded):
+            return outcome.value
+        return "repeat" if outcome.repeat else "ok"
 
     async def aclose(self) -> None:
         if self._stream is not None:

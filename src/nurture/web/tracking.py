@@ -1,12 +1,20 @@
 """The tracking endpoints: open pixel, click redirect, reps' share links, and the website's visit beacon.
 
     GET  /t/o/{token}   1x1 GIF, never cached; records email_open
-    GET  /t/c/{token}   307 to the token's URL with `nl=<visitor token>` appended; records email_click
+    GET  /t/c/{token}   307 to the token's URL with `nl=<visitor token>` appended (not for a HEAD: a link
+                        checker never learns the visitor token); records email_click
     GET  /t/p/{token}   307 to the token's URL; records `<kind>_view` (proposal_view)
     GET  /t/site.js     the snippet the marketing site embeds (see `site_js`)
     POST /t/v           {token, url, referrer} from site.js; records page_visit (CORS: any origin)
 
-A token that does not verify, or is of another kind, is a 404 and records nothing; query parameters are never
+A visit counts only for a page of the company's own sites (`NURTURE_SITE_HOSTS`, else the hosts of the
+templates' links; `core.site_hosts`): any other URL is a 400 and records nothing. Visits are rate-limited
+per visitor token (`NURTURE_VISIT_RATE_PER_S`, `NURTURE_VISIT_BURST`) and per client address
+(`NURTURE_VISIT_CLIENT_RATE_PER_S`, `NURTURE_VISIT_CLIENT_BURST`): over it, a 429 with `Retry-After`.
+The same page again within the replay window counts once (`flows.engage`).
+
+A token that does not verify, is of another kind, or is an erased lead's (`web.erased`), is a 404 and
+records nothing; query parameters are never
 read, so no request can choose where a redirect goes. A valid token is always answered, even when recording
 fails (logged and counted as `error`): a lead's click must reach its page whatever our database does. A HEAD
 of a pixel or click URL gets the same answer and is recorded as machine engagement (`head_request`: people's
@@ -27,6 +35,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from nurture.core.events import InboundEvent
+from nurture.core.site_hosts import is_site_page, parse_site_hosts
+from nurture.core.token_bucket import BucketLimit, retry_after_header
 from nurture.core.tracking import (
     TrackedLink,
     is_trackable_url,
@@ -37,6 +47,8 @@ from nurture.core.tracking import (
 )
 from nurture.errors import TrackingTokenError
 from nurture.runtime import Runtime
+from nurture.web.auth import RateLimiter
+from nurture.web.erased import ErasedLeads
 from nurture.web.http import BodyError, read_json
 from nurture.web.metrics import WebMetrics
 from nurture.web.pages import not_found_page
@@ -75,6 +87,15 @@ class TrackingEndpoints:
         )
         self._metrics = metrics
         self._key = runtime.mailer.secret_key
+        settings = runtime.settings
+        self._erased = ErasedLeads(runtime.db, refresh_s=settings.erased_refresh_s)
+        self._site_hosts = parse_site_hosts(settings.site_hosts) or runtime.catalog.link_hosts()
+        if not self._site_hosts:
+            log.warning("no site hosts: NURTURE_SITE_HOSTS is empty and no template links a site")
+        per_token = BucketLimit(rate=settings.visit_rate_per_s, burst=settings.visit_burst)
+        per_client = BucketLimit(rate=settings.visit_client_rate_per_s, burst=settings.visit_client_burst)
+        self._visit_tokens = RateLimiter(per_token, runtime.clock)
+        self._visit_clients = RateLimiter(per_client, runtime.clock)
         self._script = site_script(f"{runtime.mailer.base_url.rstrip('/')}/t/v")
 
     async def aclose(self) -> None:
@@ -102,7 +123,7 @@ class TrackingEndpoints:
     async def record_open(self, token: str, user_agent: str | None, *, head: bool = False) -> bool:
         """Record the open that a GET (or `head`: HEAD) of pixel `token` means; False (nothing recorded) for a
         bad token."""
-        link = self._read(token, "o")
+        link = await self._live(token, "o")
         if link is None:
             self._metrics.request("open", "invalid")
             return False
@@ -112,20 +133,20 @@ class TrackingEndpoints:
     async def record_click(self, token: str, user_agent: str | None, *, head: bool = False) -> str | None:
         """Record the click a GET (or `head`: HEAD) of link `token` means, and return where it goes; None for
         a bad token."""
-        link = self._read(token, "c")
+        link = await self._live(token, "c")
         if link is None:
             self._metrics.request("click", "invalid")
             return None
         assert link.url is not None  # read_token requires it of a click
         await self._record(user_agent, "click", link, "email_click", url=link.url, head_request=head)
-        return self._landing(link)
+        return link.url if head else self._landing(link)
 
     def _landing(self, link: TrackedLink) -> str:
         assert link.url is not None
         return with_visitor_param(link.url, visitor_token(link.lead_id, key=self._key))
 
     async def share_link(self, request: Request) -> Response:
-        link = self._link(request, "p", route="share")
+        link = await self._link(request, "p", route="share")
         if link is None:
             return HTMLResponse(not_found_page(), status_code=404)
         assert link.url is not None  # read_token requires a URL and a label of a share link
@@ -147,6 +168,10 @@ class TrackingEndpoints:
     async def visit(self, request: Request) -> Response:
         if request.method == "OPTIONS":  # a preflight; site.js itself never needs one
             return Response(status_code=204, headers={**CORS, **_PREFLIGHT})
+        client = request.client.host if request.client is not None else "-"
+        limited = self._limited(self._visit_clients, client, "too many visits from this address")
+        if limited is not None:
+            return limited
         try:
             body = await read_json(
                 request, max_bytes=MAX_VISIT_BYTES, max_depth=self._runtime.settings.max_json_depth
@@ -155,14 +180,20 @@ class TrackingEndpoints:
             self._metrics.request("visit", "rejected")
             return Response(exc.message, status_code=exc.status_code, headers=CORS)
         token = body.get("token") if isinstance(body, dict) else None
-        link = self._read(token, "v")
+        link = await self._live(token, "v")
         if link is None:
             self._metrics.request("visit", "invalid")
             return Response("unknown visitor", status_code=404, headers=CORS)
+        limited = self._limited(self._visit_tokens, str(token), "too many visits for this visitor")
+        if limited is not None:
+            return limited
         url = body.get("url")
         if not isinstance(url, str) or not is_trackable_url(url):
             self._metrics.request("visit", "rejected")
             return Response("url: an absolute http(s) URL is required", status_code=400, headers=CORS)
+        if not is_site_page(url, self._site_hosts):
+            self._metrics.request("visit", "rejected")
+            return Response("url: not a page of this company's sites", status_code=400, headers=CORS)
         referrer = body.get("referrer")
         extra = {"referrer": referrer} if isinstance(referrer, str) and is_trackable_url(referrer) else {}
         await self._record(
@@ -175,10 +206,24 @@ class TrackingEndpoints:
         )
         return Response(status_code=204, headers=CORS)
 
-    def _link(self, request: Request, kind: str, *, route: str) -> TrackedLink | None:
-        link = self._read(request.path_params["token"], kind)
+    def _limited(self, limiter: RateLimiter, key: str, message: str) -> Response | None:
+        wait = limiter.take(key)
+        if wait is None:
+            return None
+        self._metrics.request("visit", "limited")
+        return Response(message, status_code=429, headers={**CORS, "Retry-After": retry_after_header(wait)})
+
+    async def _link(self, request: Request, kind: str, *, route: str) -> TrackedLink | None:
+        link = await self._live(request.path_params["token"], kind)
         if link is None:
             self._metrics.request(route, "invalid")
+        return link
+
+    async def _live(self, token: Any, kind: str) -> TrackedLink | None:
+        """The link `token` makes, unless it does not verify or names an erased lead."""
+        link = self._read(token, kind)
+        if link is None or await self._erased.contains(link.lead_id):
+            return None
         return link
 
     def _read(self, token: Any, kind: str) -> TrackedLink | None:

@@ -15,11 +15,21 @@ from nurture.db.queries.tables import deliveries, dialect_insert, events, leads
 
 
 async def fetch_existing_lead_ids(conn: AsyncConnection, lead_ids: Collection[int]) -> set[int]:
-    """The ids among `lead_ids` that name a lead."""
+    """The ids among `lead_ids` that name a lead that was not erased (an erased lead records nothing)."""
     if not lead_ids:
         return set()
-    rows = await conn.execute(select(leads.c.id).where(leads.c.id.in_(list(lead_ids))))
+    rows = await conn.execute(
+        select(leads.c.id).where(leads.c.id.in_(list(lead_ids)), leads.c.erased_at.is_(None))
+    )
     return set(rows.scalars())
+
+
+async def fetch_erased_since(conn: AsyncConnection, since: datetime | None) -> list[tuple[int, datetime]]:
+    """The erased leads, each with when it was erased, erased at or after `since` (all when None)."""
+    stmt = select(leads.c.id, leads.c.erased_at).where(leads.c.erased_at.is_not(None))
+    if since is not None:
+        stmt = stmt.where(leads.c.erased_at >= since)
+    return [(row.id, row.erased_at) for row in await conn.execute(stmt)]
 
 
 async def fetch_lead_ids_by_email(conn: AsyncConnection, emails: Collection[str]) -> dict[str, int]:
@@ -111,3 +121,37 @@ async def insert_keyed_events(conn: AsyncConnection, rows: Collection[Mapping[st
     )
     result = await conn.execute(stmt, [dict(row) for row in rows])
     return {row.idempotency_key: row.id for row in result}
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    """A stored event as the replay window compares it (see `flows.engage`)."""
+
+    lead_id: int
+    type: str
+    delivery_id: int | None
+    properties: Mapping[str, Any]
+    occurred_at: datetime
+    idempotency_key: str | None
+
+
+async def fetch_recent_events(
+    conn: AsyncConnection, lead_ids: Collection[int], *, after: datetime, before: datetime
+) -> list[RecentEvent]:
+    """The events of `lead_ids` that occurred strictly between `after` and `before`."""
+    if not lead_ids:
+        return []
+    stmt = select(
+        events.c.lead_id,
+        events.c.type,
+        events.c.delivery_id,
+        events.c.properties,
+        events.c.occurred_at,
+        events.c.idempotency_key,
+    ).where(
+        events.c.lead_id.in_(sorted(lead_ids)), events.c.occurred_at > after, events.c.occurred_at < before
+    )
+    return [
+        RecentEvent(r.lead_id, r.type, r.delivery_id, r.properties or {}, r.occurred_at, r.idempotency_key)
+        for r in await conn.execute(stmt)
+    ]

@@ -95,7 +95,7 @@ class EnrollmentRow:
 
 async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringLead | None:
     """Read a lead's scoring state and hold its row until commit, so rescores of one lead run one after the
-    other (on SQLite, BEGIN IMMEDIATE already serialises writers); None for an unknown lead."""
+    other (on SQLite, BEGIN IMMEDIATE already serialises writers); None for an unknown or erased lead."""
     stmt = select(
         leads.c.id,
         leads.c.stage,
@@ -106,7 +106,7 @@ async def lock_lead_for_scoring(conn: AsyncConnection, lead_id: int) -> ScoringL
         leads.c.score_updated_at,
         leads.c.score_points,
         leads.c.score_points_at,
-    ).where(leads.c.id == lead_id)
+    ).where(leads.c.id == lead_id, leads.c.erased_at.is_(None))
     row = (await conn.execute(stmt.with_for_update())).first()
     if row is None:
         return None
@@ -151,6 +151,7 @@ async def fetch_engagement_events(conn: AsyncConnection, lead_id: int) -> list[L
                 delivery_sent_at=row.sent_at,
                 delivery_id=row.delivery_id,
                 machine_reason=_stored_machine_reason(row.properties),
+                repeat=(row.properties or {}).get("repeat") is True,
             ),
             received_at=row.received_at,
         )
@@ -316,7 +317,8 @@ def _lead_record(row: Row[Any]) -> LeadRecord:
 async def fetch_leads_with_unscored_events(
     conn: AsyncConnection, *, received_after: datetime, received_before: datetime
 ) -> list[int]:
-    """Leads with an event received in the window but not scored since (its re-score message was lost)."""
+    """Leads, not erased, with an event received in the window but not scored since (its re-score message
+    was lost)."""
     stmt = (
         select(events.c.lead_id)
         .distinct()
@@ -324,6 +326,7 @@ async def fetch_leads_with_unscored_events(
         .where(
             events.c.received_at > received_after,
             events.c.received_at <= received_before,
+            leads.c.erased_at.is_(None),  # an erased lead is never rescored: nothing to find again
             (leads.c.score_updated_at.is_(None)) | (leads.c.score_updated_at < events.c.received_at),
         )
     )

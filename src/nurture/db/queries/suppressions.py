@@ -22,6 +22,7 @@ def _suppressions_table() -> Table:
 
 
 suppressions = _suppressions_table()
+ALERT_WITHDRAWN = "withdrawn"  # the status of an alert whose lead was erased before it was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,12 @@ async def erase_lead_data(conn: AsyncConnection, lead_id: int, *, now: datetime)
     # An alert's reason and detail quote the lead's activity (pages, names): only the trigger and scores stay.
     await conn.execute(
         update(alerts).where(alerts.c.lead_id == lead_id).values(reason="(erased)", detail={}, owner=None)
+    )
+    # An alert not sent yet is never sent: nobody is to call a person who asked to be forgotten.
+    await conn.execute(
+        update(alerts)
+        .where(alerts.c.lead_id == lead_id, alerts.c.status == "pending")
+        .values(status=ALERT_WITHDRAWN)
     )
     # Delivery errors may quote the SMTP server's reply, which often repeats the address.
     await conn.execute(update(deliveries).where(deliveries.c.lead_id == lead_id).values(last_error=None))
