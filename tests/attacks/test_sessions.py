@@ -16,6 +16,7 @@ from nurture.core.tracking import login_link_token, session_token, sign_token
 from nurture.db.engine import Database
 from nurture.db.queries.apikeys import end_session
 from nurture.db.queries.tables import catalog_state
+from nurture.web.sessions import SESSION_TTL
 from tests.attacks.conftest import SECRET, START, Site, SiteFactory
 
 COOKIE = "nurture_session"  # the name over plain http
@@ -23,6 +24,7 @@ FORM = {"content-type": "application/x-www-form-urlencoded", "accept": "text/htm
 KEY = SECRET.encode()
 LATER = START + timedelta(hours=1)
 SESSION_ID = "s" * 22
+SECOND = timedelta(seconds=1)
 
 
 async def _two_webs(site_factory: SiteFactory, db: Database) -> tuple[Site, Site]:
@@ -123,3 +125,18 @@ async def test_an_ended_session_is_forgotten_once_it_would_have_expired(db: Data
     async with db.transaction() as conn:
         await end_session(conn, "c" * 22, expires_at=expires_at + timedelta(hours=1), now=expires_at)
     assert await kept() == before + 1  # both earlier ones expired at `expires_at`; only "c" is left
+
+
+@pytest.mark.parametrize(
+    ("age", "status"),
+    [
+        (SESSION_TTL - timedelta(seconds=1), 200),
+        (SESSION_TTL, 303),
+        (SESSION_TTL + timedelta(seconds=1), 303),
+    ],
+)
+async def test_a_session_lasts_its_ttl_and_not_a_second_more(site: Site, age: timedelta, status: int) -> None:
+    signed_in = await site.client.post("/login", data={"api_key": site.key, "next": "/"}, headers=FORM)
+    cookie = signed_in.cookies[COOKIE]
+    site.clock.advance(age)
+    assert await _status_with(site, cookie) == status
