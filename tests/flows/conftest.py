@@ -26,6 +26,11 @@ def transport() -> RecordingTransport:
 
 @pytest.fixture
 def mailer(catalog: Catalog, transport: RecordingTransport) -> Mailer:
+    return mailer_for(catalog, transport)
+
+
+def mailer_for(catalog: Catalog, transport: RecordingTransport) -> Mailer:
+    """A mailer for `catalog` that sends to `transport`, with the flow tests' key and base URL."""
     return Mailer(
         catalog=catalog,
         renderer=catalog.renderer(),

@@ -272,7 +272,9 @@ async def test_a_session_ends_when_its_key_is_revoked_or_after_twelve_hours(web:
 async def test_a_forged_or_foreign_session_cookie_is_no_session(web: Web) -> None:
     lead_id = await add_lead(web)
     await web.key()  # key id 1 exists
-    forged = session_token(1, expires_at=START + timedelta(hours=1), key=b"another-secret-0123456789")
+    forged = session_token(
+        1, expires_at=START + timedelta(hours=1), session_id="s" * 22, key=b"another-secret-0123456789"
+    )
     for value in (forged, "garbage", forged + "x"):
         web.client.cookies.clear()
         response = await web.client.get(

@@ -13,7 +13,7 @@ Every token names its kind in "k", and a reader accepts one kind only, so no tok
     c  click          l=lead, d=delivery, u=target URL  /t/c/{token}
     p  share link     l=lead, u=target URL, n=label     /t/p/{token}  (a rep's tracked link: "proposal")
     v  visitor        l=lead                            the `nl` landing parameter that site.js keeps
-    s  session        a=API key, e=expiry               a rep's session cookie
+    s  session        a=API key, e=expiry, n=session id a rep's session cookie (ended at once by logout)
     l  login link     a=API key, e=expiry, n=nonce      /login/{token}  (works once: the nonce is claimed)
 
 A click's target comes from its signed token only, so the redirect can never be pointed elsewhere. A session
@@ -434,7 +434,7 @@ def track_html(
 
 # --- reps' sessions ---------------------------------------------------------------------------------------
 
-_LOGIN_FIELDS: Final = {"s": frozenset("kae"), "l": frozenset("kaen")}
+_LOGIN_FIELDS: Final = {"s": frozenset("kaen"), "l": frozenset("kaen")}
 _NONCE: Final = re.compile(r"[A-Za-z0-9_-]{16,32}")  # short: the database keeps it once used
 _MAX_EXPIRY_S: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
@@ -446,12 +446,19 @@ class SignedLogin:
     kind: str
     api_key_id: int
     expires_at: datetime  # aware UTC, whole seconds
-    nonce: str | None = None  # a login link's: claimed when it is used, so it works once
+    # A login link's is claimed when it is used, so it works once; a session's is its id, which a logout
+    # records as ended.
+    nonce: str
 
 
-def session_token(api_key_id: int, *, expires_at: datetime, key: bytes) -> str:
-    """Return a session cookie value for the rep who signed in with API key `api_key_id`."""
-    return sign_token({"k": "s", "a": _key_id(api_key_id), "e": _epoch(expires_at)}, key=key)
+def session_token(api_key_id: int, *, expires_at: datetime, session_id: str, key: bytes) -> str:
+    """Return a session cookie value for the rep who signed in with API key `api_key_id`; `session_id`
+    (16-32 URL-safe characters, random) is what a logout records as ended.
+
+    Raises:
+        ValueError: `session_id` is not 16-32 URL-safe characters, `expires_at` is naive or the id is not one.
+    """
+    return _login_token("s", api_key_id, expires_at=expires_at, nonce=session_id, key=key)
 
 
 def login_link_token(api_key_id: int, *, expires_at: datetime, nonce: str, key: bytes) -> str:
@@ -460,9 +467,13 @@ def login_link_token(api_key_id: int, *, expires_at: datetime, nonce: str, key: 
     Raises:
         ValueError: `nonce` is not 16-32 URL-safe characters, `expires_at` is naive or the id is not one.
     """
+    return _login_token("l", api_key_id, expires_at=expires_at, nonce=nonce, key=key)
+
+
+def _login_token(kind: str, api_key_id: int, *, expires_at: datetime, nonce: str, key: bytes) -> str:
     if not _NONCE.fullmatch(nonce):
-        raise ValueError("a login link nonce is 16-32 URL-safe characters")
-    payload: dict[str, str | int] = {"k": "l", "a": _key_id(api_key_id), "e": _epoch(expires_at), "n": nonce}
+        raise ValueError("a login link nonce or session id is 16-32 URL-safe characters")
+    payload: dict[str, str | int] = {"k": kind, "a": _key_id(api_key_id), "e": _epoch(expires_at), "n": nonce}
     return sign_token(payload, key=key)
 
 
@@ -475,10 +486,10 @@ def read_login_token(token: str, *, kind: str, now: datetime, key: bytes) -> Sig
     payload = verify_token(token, key=key)
     if payload.get("k") != kind or payload.keys() != _LOGIN_FIELDS[kind]:
         raise TrackingTokenError(f"not a token of kind {kind!r}")
-    expiry, nonce = payload["e"], payload.get("n")
+    expiry, nonce = payload["e"], payload["n"]
     if not isinstance(expiry, int) or not 0 < expiry <= _MAX_EXPIRY_S:
         raise TrackingTokenError("token carries an unusable expiry")
-    if nonce is not None and not (isinstance(nonce, str) and _NONCE.fullmatch(nonce)):
+    if not (isinstance(nonce, str) and _NONCE.fullmatch(nonce)):
         raise TrackingTokenError("token carries an unusable nonce")
     expires_at = datetime.fromtimestamp(expiry, UTC)
     if expires_at <= now:

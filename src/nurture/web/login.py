@@ -3,7 +3,7 @@
     GET  /login           a form with one field: the rep's API key (from `nurture apikey create`)
     POST /login           checks the key as the API does, sets the session cookie, 303 to `next`
     GET  /login/{token}   a one-time login link (`nurture login-link`): sets the cookie, 303 to `next`
-    POST /logout          clears the cookie, 303 to /login
+    POST /logout          ends the session on every web process, clears the cookie, 303 to /login
     GET  /                where a sign-in without `next` lands
 
 The cookie (see `sessions`) is HttpOnly, SameSite=Lax and Path=/, and Secure, under a `__Host-` name, when
@@ -36,6 +36,7 @@ from nurture.web.sessions import (
     key_of_session,
     local_path,
     redeem_login_link,
+    sign_out,
     start_session,
 )
 from nurture.web.views import Views
@@ -95,7 +96,12 @@ class RepAuth:
         )
         return response
 
-    def signed_out(self, location: str) -> Response:
+    async def signed_out(self, request: Request, location: str) -> Response:
+        """A 303 to `location` that clears the cookie, once the session it names is ended."""
+        token = request.cookies.get(self.cookie.name)
+        if token:
+            rt = self._runtime
+            await sign_out(rt.db, token, key=rt.mailer.secret_key, now=rt.clock.now())
         response = RedirectResponse(location, status_code=303)
         response.delete_cookie(
             self.cookie.name, path="/", secure=self.cookie.secure, httponly=True, samesite="lax"
@@ -148,7 +154,7 @@ class LoginEndpoints:
     async def sign_out(self, request: Request) -> Response:
         if _is_cross_site(request):
             return self._message(403, "Not allowed", "Sign out from this site's own button.")
-        return self._auth.signed_out("/login")
+        return await self._auth.signed_out(request, "/login")
 
     async def home(self, request: Request) -> Response:
         identity = await self._auth.identify(request)
@@ -192,5 +198,5 @@ def login_routes(endpoints: LoginEndpoints, views: Views) -> list[Route]:
         Route("/login", database_guard(views, endpoints.form), methods=["GET"]),
         Route("/login", database_guard(views, endpoints.sign_in), methods=["POST"]),
         Route("/login/{token}", database_guard(views, endpoints.link), methods=["GET"]),
-        Route("/logout", endpoints.sign_out, methods=["POST"]),
+        Route("/logout", database_guard(views, endpoints.sign_out), methods=["POST"]),
     ]

@@ -1,8 +1,10 @@
 """Reps' sessions in a browser: a signed cookie, started with an API key or a one-time login link.
 
-A session is a signed token (`core.tracking` kind "s") that names the API key the rep signed in with and
-when it expires, SESSION_TTL on; nothing about it is stored. Every request verifies the token and looks the
-key up again, so revoking the key (`nurture apikey revoke`) ends every session started with it.
+A session is a signed token (`core.tracking` kind "s") that names the API key the rep signed in with, a
+random session id, and when it expires, SESSION_TTL on; nothing is stored when it starts. Every request
+verifies the token, looks the key up again and asks whether the session was signed out of, so revoking the
+key (`nurture apikey revoke`) ends every session started with it, and `POST /logout` ends its own session on
+every web process at once (the ended id is kept in the database until the session would have expired).
 
 A login link (`nurture login-link`, kind "l") starts a session without typing the key, for a rep reading an
 alert on a phone: it names a key, expires within minutes, and works once (its nonce is claimed in the
@@ -22,7 +24,9 @@ from nurture.db.engine import Database
 from nurture.db.queries.apikeys import (
     StoredApiKey,
     claim_login_link,
+    end_session,
     fetch_active_api_key_by_id,
+    session_ended,
 )
 from nurture.errors import TrackingTokenError
 from nurture.web.auth import find_active_key
@@ -61,17 +65,33 @@ class IssuedLoginLink:
 
 def start_session(api_key: StoredApiKey, *, key: bytes, now: datetime) -> str:
     """Return the session cookie value for a rep who signed in with `api_key`."""
-    return session_token(api_key.id, expires_at=now + SESSION_TTL, key=key)
+    return session_token(
+        api_key.id, expires_at=now + SESSION_TTL, session_id=secrets.token_urlsafe(16), key=key
+    )
 
 
 async def key_of_session(db: Database, token: str, *, key: bytes, now: datetime) -> StoredApiKey | None:
-    """The active API key a session cookie value names, or None (forged, expired, or its key revoked)."""
+    """The active API key a session cookie value names, or None (forged, expired, signed out of, or its key
+    revoked)."""
     try:
         session = read_login_token(token, kind="s", now=now, key=key)
     except TrackingTokenError:
         return None
     async with db.transaction() as conn:
+        if await session_ended(conn, session.nonce):
+            return None
         return await fetch_active_api_key_by_id(conn, session.api_key_id)
+
+
+async def sign_out(db: Database, token: str, *, key: bytes, now: datetime) -> None:
+    """End the session a cookie value names, for every web process at once; a cookie that is no live
+    session (forged, expired, ended before) needs no ending."""
+    try:
+        session = read_login_token(token, kind="s", now=now, key=key)
+    except TrackingTokenError:
+        return
+    async with db.transaction() as conn:
+        await end_session(conn, session.nonce, expires_at=session.expires_at, now=now)
 
 
 async def issue_login_link(
@@ -110,7 +130,6 @@ async def redeem_login_link(db: Database, token: str, *, key: bytes, now: dateti
         link = read_login_token(token, kind="l", now=now, key=key)
     except TrackingTokenError:
         return None
-    assert link.nonce is not None  # read_login_token requires one of a login link
     async with db.transaction() as conn:
         stored = await fetch_active_api_key_by_id(conn, link.api_key_id)
         if stored is None:

@@ -1,7 +1,8 @@
 """Queries on API keys: only a key's prefix (to find it) and its SHA-256 (to check it) are ever stored.
 
 The login links made for a key (`nurture login-link`) work once: a used link's nonce is kept in
-`catalog_state` (the small key/value table) until the link would have expired anyway.
+`catalog_state` (the small key/value table) until the link would have expired anyway. A session a rep signed
+out of is kept there the same way, by its id, until it would have expired: every web process reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nurture.db import models
 from nurture.db.queries.tables import catalog_state, dialect_insert
 
 _USED_LINK: Final = "login_link:"  # + nonce: the catalog_state key of a login link that was used
+_ENDED_SESSION: Final = "session_ended:"  # + session id: the catalog_state key of a session signed out of
 
 
 def _api_keys_table() -> Table:
@@ -99,15 +101,38 @@ async def claim_login_link(conn: AsyncConnection, nonce: str, *, expires_at: dat
 
     Links that have expired by `now` are forgotten on the way: their tokens are refused before this runs.
     """
+    return await _claim_until(conn, _USED_LINK, nonce, expires_at=expires_at, now=now)
+
+
+async def end_session(conn: AsyncConnection, session_id: str, *, expires_at: datetime, now: datetime) -> None:
+    """Record the session `session_id` (which would expire at `expires_at`) as ended; ended before is fine.
+
+    Sessions that have expired by `now` are forgotten on the way: their cookies are refused before
+    `session_ended` is asked.
+    """
+    await _claim_until(conn, _ENDED_SESSION, session_id, expires_at=expires_at, now=now)
+
+
+async def session_ended(conn: AsyncConnection, session_id: str) -> bool:
+    """Whether the session `session_id` was signed out of."""
+    stmt = select(catalog_state.c.key).where(catalog_state.c.key == _ENDED_SESSION + session_id)
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def _claim_until(
+    conn: AsyncConnection, prefix: str, name: str, *, expires_at: datetime, now: datetime
+) -> bool:
+    """Keep `prefix + name` in catalog_state until `expires_at`, dropping the prefix's expired rows; False
+    when it was kept already."""
     await conn.execute(
         delete(catalog_state).where(
-            catalog_state.c.key.startswith(_USED_LINK, autoescape=True),
+            catalog_state.c.key.startswith(prefix, autoescape=True),
             catalog_state.c.value <= _sortable(now),
         )
     )
     stmt = (
         dialect_insert(conn, catalog_state)
-        .values(key=_USED_LINK + nonce, value=_sortable(expires_at))
+        .values(key=prefix + name, value=_sortable(expires_at))
         .on_conflict_do_nothing(index_elements=[catalog_state.c.key])
         .returning(catalog_state.c.key)
     )
