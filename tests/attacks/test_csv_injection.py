@@ -91,7 +91,12 @@ def check_outputs(folder: Path, generated: list[str], owner_list: list[str]) -> 
     assert imported.returncode == 0, imported.stderr
     rejects = cells((folder / "rejects.csv").read_text(encoding="utf-8"))
     assert_no_formula(rejects)
-    assert [r[1] for r in rejects[1:]] == [neutralised(e) for e in bad_emails]
+    shown = [r[1] for r in rejects[1:]]
+    assert len(shown) == len(bad_emails)
+    for cell, email in zip(shown, bad_emails, strict=True):  # a long rejected value is cut, with "..."
+        assert cell == neutralised(email) or (
+            cell.endswith("...") and neutralised(email).startswith(cell[:-3])
+        )
 
     keys: dict[GroupBy, set[str]] = {}
     for by in GroupBy:
