@@ -88,7 +88,8 @@ async def _upsert_leads_staged(
     conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime
 ) -> UpsertCounts:
     """PostgreSQL: COPY the batch into a temporary table, then insert and merge from it with one statement
-    each. Binding 15 values per row through multi-row INSERTs cost more than validating the rows."""
+    each (the merge also answers which known leads the rows ask to move). Binding 15 values per row through
+    multi-row INSERTs cost more than validating the rows."""
     # Same column types as `leads` (a too-long value fails as an INSERT would), no constraints; dropped at
     # commit, so a pooled connection carries nothing over.
     await conn.execute(
@@ -118,25 +119,20 @@ async def _upsert_leads_staged(
         .all()
     )
     updated = len(rows) - len(inserted)
-    if updated:
-        merged = ", ".join(f"{name} = coalesce(s.{name}, leads.{name})" for name in _MERGED_FIELDS)
-        await conn.execute(
-            text(
-                f"UPDATE leads SET {merged}, tags = leads.tags || s.tags, updated_at = :now, "
-                "enroll_pending = true FROM lead_import s "
-                "WHERE leads.email = s.email AND s.email <> ALL(:inserted)"
-            ),
-            {"now": now, "inserted": list(inserted)},
-        )
-    # The merge holds the known leads' rows, so their stages stay as read until commit. A lead inserted
-    # just now has the row's stage and never shows up here.
     known: tuple[KnownStage, ...] = ()
     if updated:
+        # The merge never writes the stage, so what it returns is the stage as stored; it holds the rows,
+        # so that stays true until commit. A lead inserted just now has the row's stage and is not merged.
+        merged = ", ".join(f"{name} = coalesce(s.{name}, leads.{name})" for name in _MERGED_FIELDS)
         other = await conn.execute(
             text(
-                "SELECT leads.id, leads.email, leads.stage FROM leads JOIN lead_import s "
-                "ON s.email = leads.email WHERE s.stage IS NOT NULL AND s.stage <> leads.stage"
-            )
+                f"WITH merged AS (UPDATE leads SET {merged}, tags = leads.tags || s.tags, updated_at = :now, "
+                "enroll_pending = true FROM lead_import s "
+                "WHERE leads.email = s.email AND s.email <> ALL(:inserted) "
+                "RETURNING leads.id, leads.email, leads.stage, s.stage AS asked) "
+                "SELECT id, email, stage FROM merged WHERE asked IS NOT NULL AND asked <> stage"
+            ),
+            {"now": now, "inserted": list(inserted)},
         )
         known = tuple(KnownStage(row.id, row.email, Stage(row.stage)) for row in other)
     await conn.execute(text("DROP TABLE lead_import"))  # the transaction may stage another batch
