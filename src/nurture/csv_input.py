@@ -45,6 +45,10 @@ _CHUNK = 1 << 20  # bytes read at a time by the encoding check, whatever the len
 
 @dataclass(frozen=True, slots=True)
 class CsvLimits:
+    """What reading one file may cost, whatever its rows are for: a field, a record or a header past these is
+    refused before it becomes a row. What a lead may hold is a separate, smaller limit applied after reading
+    (`core.lead.LeadLimits`, CSV and API rows alike); these only keep a hostile file from costing memory."""
+
     max_field_chars: int = CSV_MAX_FIELD_CHARS
     max_row_chars: int = CSV_MAX_ROW_CHARS
     max_columns: int = CSV_MAX_COLUMNS

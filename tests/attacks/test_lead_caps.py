@@ -114,3 +114,25 @@ def test_the_row_cap_counts_tags_whatever_the_row_width(size: int) -> None:
     row: dict[str, str | None] = {"email": "a@example.com", **{f"t{i}": "v" for i in range(size)}}
     result = normalise_row(row, row_number=2)
     assert hasattr(result, "reason") == (size > 100)
+
+
+def test_a_csv_cell_past_the_lead_limit_is_refused_by_it_and_one_past_the_reader_limit_by_the_reader(
+    tmp_path: Path,
+) -> None:
+    """The two field limits of a CSV import, with the defaults: the lead's (500) for what a lead may hold,
+    the reader's (131,072) for what a file may cost; each refusal names its own setting's limit."""
+    lead_limit, reader_limit = LeadLimits().max_field_chars, CsvLimits().max_field_chars
+    sizes = [lead_limit, lead_limit + 1, reader_limit, reader_limit + 1]
+    path = tmp_path / "leads.csv"
+    path.write_text("email,company\n" + "".join(f"r{n}@example.com,{'c' * n}\n" for n in sizes))
+
+    with open_csv(path) as source:
+        results = [
+            r if not isinstance(r, dict) else normalise_row(r, row_number=0) for r in lead_rows(source)
+        ]
+
+    assert [type(r).__name__ for r in results] == ["LeadRow", "RowError", "RowError", "RowError"]
+    reasons = [getattr(r, "reason", None) for r in results]
+    assert reasons[1] == reasons[2] == f"company: longer than {lead_limit} characters"
+    over_reader = f"a field on line 5 is over {reader_limit:,} characters (NURTURE_CSV_MAX_FIELD_CHARS)"
+    assert reasons[3] == f"line 5: {over_reader}"
