@@ -36,10 +36,6 @@ class UpsertCounts:
     other_stage: tuple[KnownStage, ...] = ()  # merged leads whose row gives another stage; left unchanged
 
 
-# SQLite's oldest builds allow 999 bound values in one statement.
-_LOOKUP_CHUNK = 900
-
-
 async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime) -> UpsertCounts:
     """Insert new leads and merge the rest by email: given fields overwrite, empty ones keep the old value,
     tags are merged; a known lead's stage is left as it is and reported in `other_stage` when the row gives
@@ -63,18 +59,16 @@ async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: d
 
 
 async def _other_stages(conn: AsyncConnection, asked: dict[str, Stage]) -> tuple[KnownStage, ...]:
-    """The known leads among `asked` (email -> stage the row gives) that are at another stage."""
-    emails = list(asked)
-    found: list[KnownStage] = []
-    for start in range(0, len(emails), _LOOKUP_CHUNK):
-        chunk = emails[start : start + _LOOKUP_CHUNK]
-        stmt = select(leads.c.id, leads.c.email, leads.c.stage).where(leads.c.email.in_(chunk))
-        found += [
-            KnownStage(row.id, row.email, Stage(row.stage))
-            for row in await conn.execute(stmt)
-            if row.stage != asked[row.email]
-        ]
-    return tuple(found)
+    """The known leads among `asked` (email -> stage the row gives) that are at another stage: one lookup
+    for the batch, as `suppress_listed_addresses` makes in the same transaction."""
+    if not asked:
+        return ()
+    stmt = select(leads.c.id, leads.c.email, leads.c.stage).where(leads.c.email.in_(list(asked)))
+    return tuple(
+        KnownStage(row.id, row.email, Stage(row.stage))
+        for row in await conn.execute(stmt)
+        if row.stage != asked[row.email]
+    )
 
 
 # The columns an import writes, in the order they are staged.
