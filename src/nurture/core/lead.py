@@ -157,7 +157,8 @@ def normalise_row(
 ) -> LeadRow | RowError:
     """Validate one inbound row (CSV or API) and split it into profile fields and source tags, within
     `limits`: a row over one is a `RowError` naming it."""
-    if sum(1 for value in row.values() if value) > limits.max_values:  # before any per-value work
+    # Before any per-value work; a row with no more columns than that cannot be over it (most rows).
+    if len(row) > limits.max_values and sum(1 for value in row.values() if value) > limits.max_values:
         return RowError(row_number, _short(row.get("email") or ""), too_many_tags(limits))
     cleaned: dict[str, str] = {}
     for key, value in row.items():
