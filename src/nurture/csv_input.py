@@ -45,6 +45,10 @@ _CHUNK = 1 << 20  # bytes read at a time by the encoding check, whatever the len
 
 @dataclass(frozen=True, slots=True)
 class CsvLimits:
+    """What reading one file may cost, whatever its rows are for: a field, a record or a header past these is
+    refused before it becomes a row. What a lead may hold is a separate, smaller limit applied after reading
+    (`core.lead.LeadLimits`, CSV and API rows alike); these only keep a hostile file from costing memory."""
+
     max_field_chars: int = CSV_MAX_FIELD_CHARS
     max_row_chars: int = CSV_MAX_ROW_CHARS
     max_columns: int = CSV_MAX_COLUMNS
@@ -159,47 +163,58 @@ class CsvInput:
 
     def _too_long(self, row: int) -> CsvRowError:
         """The record being read went over the row limit: one line on its own, or a quote running on."""
-        record, limit = self._lines.record, self.limits.max_row_chars
-        start, end = record[0][0], record[-1][0]
+        (start, end), limit = self._span(), self.limits.max_row_chars
         if start == end:
             return CsvRowError(
                 row, start, f"the line is over {limit:,} characters (NURTURE_CSV_MAX_ROW_CHARS)"
             )
-        self._lines.read_again(record[1:])
-        return CsvRowError(
+        return self._refused_and_read_again(
             row,
-            start,
             f"the row from line {start} to {end} is over {limit:,} characters (NURTURE_CSV_MAX_ROW_CHARS; "
-            f"is a quote opened on line {start} not closed?); the lines after line {start} are read again",
+            f"is a quote opened on line {start} not closed?)",
         )
 
     def _multi_line(self, row: int, fields: list[str]) -> CsvRow | CsvRowError:
         """A record over several lines: a quoted value with line breaks, or a quote that swallowed rows.
 
         It is the latter when one of its later lines is on its own a whole row, or when the record has the
-        wrong field count; then the lines after its first are read again as records of their own."""
+        wrong field count; then the lines after its first are read again as records of their own. Else it is
+        held to the same NUL and field-size rules as a one-line record."""
         record, width = self._lines.record, len(self.header)
-        start, end = record[0][0], record[-1][0]
+        start, end = self._span()
         for number, text in record[1:] if width > 1 else ():
             if self._is_whole_row(text, width):
-                self._lines.read_again(record[1:])
-                return CsvRowError(
+                return self._refused_and_read_again(
                     row,
-                    start,
                     f"a quote opened on line {start} is not closed before line {number}, which is a whole "
-                    f"row ({width} fields) of its own; the lines after line {start} are read again",
+                    f"row ({width} fields) of its own",
                 )
         if len(fields) != width:
-            self._lines.read_again(record[1:])
-            return CsvRowError(
+            return self._refused_and_read_again(
                 row,
-                start,
                 f"has {len(fields)} fields, the header has {width} (a quote opened on line {start} runs "
-                f"on to line {end}: is it not closed?); the lines after line {start} are read again",
+                f"on to line {end}: is it not closed?)",
             )
         if any("\0" in text for _, text in record):
             return CsvRowError(row, start, f"contains a NUL byte (the row runs from line {start} to {end})")
+        if max(map(len, fields)) > self.limits.max_field_chars:
+            return self._field_too_long(row, fields)
         return CsvRow(row, start, dict(zip(self.header, fields, strict=True)))
+
+    def _span(self) -> tuple[int, int]:
+        """The first and last physical line of the record being read."""
+        record = self._lines.record
+        return record[0][0], record[-1][0]
+
+    def _refused_and_read_again(self, row: int, reason: str) -> CsvRowError:
+        """A row error at the record's first line; a record over several lines may have swallowed rows, so
+        the lines after its first are read again as records of their own (and the reason says so)."""
+        record = self._lines.record
+        start = record[0][0]
+        if len(record) == 1:
+            return CsvRowError(row, start, reason)
+        self._lines.read_again(record[1:])
+        return CsvRowError(row, start, f"{reason}; the lines after line {start} are read again")
 
     def _is_whole_row(self, text: str, width: int) -> bool:
         """Whether one line is a well-formed row of the header's width on its own: balanced quotes (the line
@@ -212,9 +227,7 @@ class CsvInput:
             return False
 
     def _bad_quote(self, row: int, detail: str) -> CsvRowError:
-        record = self._lines.record
-        start, end = record[0][0], record[-1][0]
-        self._lines.read_again(record[1:])
+        start, end = self._span()
         if "unexpected end of data" in detail:
             reason = f"a quote opened on line {start} is never closed (the file ends inside it)"
         elif "field larger than field limit" in detail:
@@ -229,9 +242,7 @@ class CsvInput:
             reason = (
                 f"a quote opened on line {start} runs on to line {end} and ends in a stray quote ({detail})"
             )
-        return CsvRowError(
-            row, start, reason + (f"; the lines after line {start} are read again" if end > start else "")
-        )
+        return self._refused_and_read_again(row, reason)
 
     def _read_header(self) -> tuple[str, tuple[str, ...]]:
         source = str(self.path)

@@ -182,3 +182,26 @@ def test_a_field_or_row_is_refused_exactly_when_it_is_over_its_limit(
         else:
             assert isinstance(item, CsvRow), item
             assert item.values["note"] == value
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_quoted_value_over_line_breaks_is_held_to_the_field_limit_like_a_one_line_value(
+    tmp_path: Path, newline: str
+) -> None:
+    """Under Python's own csv limit, only the reader's check sees a multi-line value over the field limit."""
+    long_value = "a" * 30 + newline + "b" * 30  # 60 or 61 characters, each line under 50
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        f'email,note{newline}x@x.co,"{long_value}"{newline}y@x.co,"a{newline}b"{newline}', newline=""
+    )
+
+    with open_csv(path, CsvLimits(50, 1000, 5)) as source:
+        items = list(source)
+
+    assert [(i.row, i.line) for i in items] == [(2, 2), (3, 4)]
+    assert isinstance(items[0], CsvRowError)
+    assert items[0].reason == (
+        f"field `note` has {len(long_value)} characters, over the limit of 50 (NURTURE_CSV_MAX_FIELD_CHARS)"
+    )
+    assert isinstance(items[1], CsvRow)
+    assert items[1].values["note"] == f"a{newline}b"

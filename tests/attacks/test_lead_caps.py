@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
-from nurture.core.lead import LeadLimits, normalise_row
+from nurture.core.lead import LeadLimits, normalise_row, too_many_tags
 from nurture.csv_input import CsvLimits, lead_rows, open_csv
 from nurture.db.queries.tables import leads
 from nurture.flows.ingest import import_leads
@@ -114,3 +116,39 @@ def test_the_row_cap_counts_tags_whatever_the_row_width(size: int) -> None:
     row: dict[str, str | None] = {"email": "a@example.com", **{f"t{i}": "v" for i in range(size)}}
     result = normalise_row(row, row_number=2)
     assert hasattr(result, "reason") == (size > 100)
+
+
+def test_a_csv_cell_past_the_lead_limit_is_refused_by_it_and_one_past_the_reader_limit_by_the_reader(
+    tmp_path: Path,
+) -> None:
+    """The two field limits of a CSV import, with the defaults: the lead's (500) for what a lead may hold,
+    the reader's (131,072) for what a file may cost; each refusal names its own setting's limit."""
+    lead_limit, reader_limit = LeadLimits().max_field_chars, CsvLimits().max_field_chars
+    sizes = [lead_limit, lead_limit + 1, reader_limit, reader_limit + 1]
+    path = tmp_path / "leads.csv"
+    path.write_text("email,company\n" + "".join(f"r{n}@example.com,{'c' * n}\n" for n in sizes))
+
+    with open_csv(path) as source:
+        results = [
+            r if not isinstance(r, dict) else normalise_row(r, row_number=0) for r in lead_rows(source)
+        ]
+
+    assert [type(r).__name__ for r in results] == ["LeadRow", "RowError", "RowError", "RowError"]
+    reasons = [getattr(r, "reason", None) for r in results]
+    assert reasons[1] == reasons[2] == f"company: longer than {lead_limit} characters"
+    over_reader = f"a field on line 5 is over {reader_limit:,} characters (NURTURE_CSV_MAX_FIELD_CHARS)"
+    assert reasons[3] == f"line 5: {over_reader}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(filled=st.integers(min_value=0, max_value=40), empty=st.integers(min_value=0, max_value=40))
+def test_a_row_is_refused_for_its_tags_exactly_when_it_fills_too_many_whatever_its_empty_columns(
+    filled: int, empty: int
+) -> None:
+    """The early count of filled values and the per-tag count agree, however wide the row is."""
+    limits = LeadLimits(max_tags=5)
+    row: dict[str, str | None] = {"email": "a@example.com", "company": "Acme", "grade": ""}
+    row |= {f"t{i}": "v" for i in range(filled)} | {f"e{i}": "" for i in range(empty)}
+    result = normalise_row(row, row_number=2, limits=limits)
+    refused = getattr(result, "reason", None) == too_many_tags(limits)
+    assert refused == (filled > limits.max_tags)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from nurture.catalog import Catalog
 from nurture.core.events import InboundEvent
+from nurture.core.lead import LeadLimits
 from nurture.core.stages import Stage, StageChange, StagePath
 from nurture.db.engine import Database
 from nurture.db.queries.stages import LeadStageChange, change_stage
@@ -156,3 +157,43 @@ async def test_change_stage_records_a_change_given_twice_with_one_idempotency_ke
             await change_stage(conn, [move], path=StagePath.CRM, occurred_at=NOW)
     assert await _history(db) == [("lead", "sql", "crm", "crm: won a call")]
     assert len(await _rows(db, select(touchpoints).where(touchpoints.c.kind == "stage_change"))) == 1
+
+
+@pytest.mark.integration
+async def test_a_batch_of_thousands_of_known_leads_moves_and_refuses_each_by_its_stage(
+    db: Database,
+) -> None:
+    # Given 2,500 leads, the first 1,000 at `sql` and the rest at `lead`
+    count = 2500
+    emails = [f"k{i}@example.com" for i in range(count)]
+    first = [{"email": e, "stage": "sql" if i < 1000 else "lead"} for i, e in enumerate(emails)]
+    await import_leads(db, first, now=NOW)
+    # When every one is imported again at `mql`, in one batch
+    again = [{"email": e, "stage": "mql"} for e in emails]
+    report = await import_leads(db, again, now=LATER, batch_size=count)
+    # Then the 1,500 leads move forward and the 1,000 SQLs keep their stage, each reported with its row
+    assert (report.updated, report.stages_changed) == (count, 1500)
+    assert [r.row for r in report.stage_refused] == list(range(2, 1002))
+    stages = await _stages(db)
+    assert [stages[e] for e in emails] == ["sql"] * 1000 + ["mql"] * 1500
+    assert len(await _history(db)) == 1500
+
+
+@pytest.mark.integration
+async def test_a_stage_kept_is_reported_at_the_row_that_asked_not_at_a_later_row_refused_for_its_tags(
+    db: Database,
+) -> None:
+    # Given an SQL
+    await import_leads(db, [{"email": "ana@example.com", "stage": "sql"}], now=NOW)
+    # When one batch holds a row asking for `lead` and a later row for the same address, also asking for
+    # `lead`, whose tags take the two over the cap
+    rows = [
+        {"email": "ana@example.com", "stage": "lead", "a": "1", "b": "2"},
+        {"email": "ana@example.com", "stage": "lead", "c": "3", "d": "4"},
+    ]
+    report = await import_leads(db, rows, now=LATER, limits=LeadLimits(max_tags=3))
+    # Then the later row is rejected for its tags, and the kept stage is reported at the first row, the one
+    # whose stage the lead was asked to take
+    assert [(r.row, r.reason.split(":")[0]) for r in report.rejected] == [(3, "tags")]
+    assert [(r.row, r.email) for r in report.stage_refused] == [(2, "ana@example.com")]
+    assert (await _stages(db))["ana@example.com"] == "sql"

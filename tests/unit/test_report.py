@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nurture.core.report import FUNNEL, QualifiedLead, funnel, median, nearest_rank, qualified_by_step, spread
+from nurture.core.report import (
+    FUNNEL,
+    STAGE_RANK,
+    QualifiedLead,
+    funnel,
+    median,
+    nearest_rank,
+    qualified_by_step,
+    spread,
+)
+from nurture.core.stages import Stage, stage_rank
 
 values = st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=200)
 
@@ -64,3 +74,11 @@ def test_a_lead_qualified_in_a_step_counts_for_the_step_and_its_campaign() -> No
         QualifiedLead(5.0, 4, None, None),  # was in no campaign
     ]
     assert qualified_by_step(leads) == {("saas", None): 2, ("saas", "case-study"): 1}
+
+
+def test_funnel_ranks_follow_the_lifecycle_order_and_name_the_funnel_stages() -> None:
+    assert {stage: STAGE_RANK[stage] for stage in FUNNEL} == {stage: i for i, stage in enumerate(FUNNEL)}
+    assert STAGE_RANK["visitor"] == STAGE_RANK["suspect"] == STAGE_RANK["lead"] == 0
+    for before, after in itertools.product(Stage, repeat=2):
+        if stage_rank(after) > stage_rank(before):
+            assert STAGE_RANK[after] >= STAGE_RANK[before], (before, after)

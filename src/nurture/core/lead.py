@@ -55,7 +55,11 @@ _MAX_ADDRESS_LENGTH: Final = 254  # RFC 5321 via email-validator, in octets (= c
 
 @dataclass(frozen=True, slots=True)
 class LeadLimits:
-    """How much one inbound row may carry (NURTURE_MAX_TAGS_PER_LEAD and the others; these are defaults)."""
+    """How much one inbound row may carry (NURTURE_MAX_TAGS_PER_LEAD and the others; these are defaults).
+
+    They bound what a lead holds, for CSV and API rows alike. A CSV file is first read within its own,
+    larger limits (`csv_input.CsvLimits`, NURTURE_CSV_MAX_*), which bound the cost of reading a file and
+    refuse a cell too big to become a row at all; a cell within those is held to these."""
 
     max_tags: int = 100
     max_tag_key_chars: int = 64
@@ -153,7 +157,8 @@ def normalise_row(
 ) -> LeadRow | RowError:
     """Validate one inbound row (CSV or API) and split it into profile fields and source tags, within
     `limits`: a row over one is a `RowError` naming it."""
-    if sum(1 for value in row.values() if value) > limits.max_values:  # before any per-value work
+    # Before any per-value work; a row with no more columns than that cannot be over it (most rows).
+    if len(row) > limits.max_values and sum(1 for value in row.values() if value) > limits.max_values:
         return RowError(row_number, _short(row.get("email") or ""), too_many_tags(limits))
     cleaned: dict[str, str] = {}
     for key, value in row.items():

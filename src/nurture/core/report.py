@@ -16,16 +16,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nurture.core.stages import STAGE_RANK as LIFECYCLE_RANK
+from nurture.core.stages import Stage
+
 # Funnel stages in order; `lead` stands for every lead (visitor and suspect are not further down the funnel).
 FUNNEL: tuple[str, ...] = ("lead", "mql", "sql", "opportunity", "customer")
+# A stage's funnel position: its lifecycle rank counted from `lead`, so visitors and suspects count as leads.
 STAGE_RANK: Mapping[str, int] = {
-    "visitor": 0,
-    "lead": 0,
-    "suspect": 0,
-    "mql": 1,
-    "sql": 2,
-    "opportunity": 3,
-    "customer": 4,
+    str(stage): max(rank - LIFECYCLE_RANK[Stage.LEAD], 0) for stage, rank in LIFECYCLE_RANK.items()
 }
 MQL_RANK = STAGE_RANK["mql"]
 

@@ -148,15 +148,15 @@ def _validate_batch(
         if isinstance(result, RowError):
             report.rejected.append(result)
             continue
-        if result.stage is not None:
-            batch.stage_rows[result.email] = number
-            explicit = stages.explicit_reason(number)
-            if explicit is not None:
-                result = replace(result, stage_reason=explicit)
+        explicit = stages.explicit_reason(number) if result.stage is not None else None
+        if explicit is not None:
+            result = replace(result, stage_reason=explicit)
         merged = _merge(batch.rows.get(result.email), result)
         if len(merged.tags) > limits.max_tags:  # each row is within the cap, but not the two together
             report.rejected.append(RowError(number, result.email, too_many_tags(limits)))
             continue
+        if result.stage is not None:  # a refused move is reported at the row whose stage was asked
+            batch.stage_rows[result.email] = number
         batch.rows[result.email] = merged
         if len(batch.rows) >= batch_size:
             break

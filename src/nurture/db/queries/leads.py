@@ -36,10 +36,6 @@ class UpsertCounts:
     other_stage: tuple[KnownStage, ...] = ()  # merged leads whose row gives another stage; left unchanged
 
 
-# SQLite's oldest builds allow 999 bound values in one statement.
-_LOOKUP_CHUNK = 900
-
-
 async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime) -> UpsertCounts:
     """Insert new leads and merge the rest by email: given fields overwrite, empty ones keep the old value,
     tags are merged; a known lead's stage is left as it is and reported in `other_stage` when the row gives
@@ -63,18 +59,16 @@ async def upsert_leads(conn: AsyncConnection, rows: Sequence[LeadRow], *, now: d
 
 
 async def _other_stages(conn: AsyncConnection, asked: dict[str, Stage]) -> tuple[KnownStage, ...]:
-    """The known leads among `asked` (email -> stage the row gives) that are at another stage."""
-    emails = list(asked)
-    found: list[KnownStage] = []
-    for start in range(0, len(emails), _LOOKUP_CHUNK):
-        chunk = emails[start : start + _LOOKUP_CHUNK]
-        stmt = select(leads.c.id, leads.c.email, leads.c.stage).where(leads.c.email.in_(chunk))
-        found += [
-            KnownStage(row.id, row.email, Stage(row.stage))
-            for row in await conn.execute(stmt)
-            if row.stage != asked[row.email]
-        ]
-    return tuple(found)
+    """The known leads among `asked` (email -> stage the row gives) that are at another stage: one lookup
+    for the batch, as `suppress_listed_addresses` makes in the same transaction."""
+    if not asked:
+        return ()
+    stmt = select(leads.c.id, leads.c.email, leads.c.stage).where(leads.c.email.in_(list(asked)))
+    return tuple(
+        KnownStage(row.id, row.email, Stage(row.stage))
+        for row in await conn.execute(stmt)
+        if row.stage != asked[row.email]
+    )
 
 
 # The columns an import writes, in the order they are staged.
@@ -88,7 +82,8 @@ async def _upsert_leads_staged(
     conn: AsyncConnection, rows: Sequence[LeadRow], *, now: datetime
 ) -> UpsertCounts:
     """PostgreSQL: COPY the batch into a temporary table, then insert and merge from it with one statement
-    each. Binding 15 values per row through multi-row INSERTs cost more than validating the rows."""
+    each (the merge also answers which known leads the rows ask to move). Binding 15 values per row through
+    multi-row INSERTs cost more than validating the rows."""
     # Same column types as `leads` (a too-long value fails as an INSERT would), no constraints; dropped at
     # commit, so a pooled connection carries nothing over.
     await conn.execute(
@@ -118,25 +113,20 @@ async def _upsert_leads_staged(
         .all()
     )
     updated = len(rows) - len(inserted)
-    if updated:
-        merged = ", ".join(f"{name} = coalesce(s.{name}, leads.{name})" for name in _MERGED_FIELDS)
-        await conn.execute(
-            text(
-                f"UPDATE leads SET {merged}, tags = leads.tags || s.tags, updated_at = :now, "
-                "enroll_pending = true FROM lead_import s "
-                "WHERE leads.email = s.email AND s.email <> ALL(:inserted)"
-            ),
-            {"now": now, "inserted": list(inserted)},
-        )
-    # The merge holds the known leads' rows, so their stages stay as read until commit. A lead inserted
-    # just now has the row's stage and never shows up here.
     known: tuple[KnownStage, ...] = ()
     if updated:
+        # The merge never writes the stage, so what it returns is the stage as stored; it holds the rows,
+        # so that stays true until commit. A lead inserted just now has the row's stage and is not merged.
+        merged = ", ".join(f"{name} = coalesce(s.{name}, leads.{name})" for name in _MERGED_FIELDS)
         other = await conn.execute(
             text(
-                "SELECT leads.id, leads.email, leads.stage FROM leads JOIN lead_import s "
-                "ON s.email = leads.email WHERE s.stage IS NOT NULL AND s.stage <> leads.stage"
-            )
+                f"WITH merged AS (UPDATE leads SET {merged}, tags = leads.tags || s.tags, updated_at = :now, "
+                "enroll_pending = true FROM lead_import s "
+                "WHERE leads.email = s.email AND s.email <> ALL(:inserted) "
+                "RETURNING leads.id, leads.email, leads.stage, s.stage AS asked) "
+                "SELECT id, email, stage FROM merged WHERE asked IS NOT NULL AND asked <> stage"
+            ),
+            {"now": now, "inserted": list(inserted)},
         )
         known = tuple(KnownStage(row.id, row.email, Stage(row.stage)) for row in other)
     await conn.execute(text("DROP TABLE lead_import"))  # the transaction may stage another batch
