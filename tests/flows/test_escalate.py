@@ -472,6 +472,29 @@ async def test_an_event_whose_rescore_was_lost_is_found_again_until_it_is_scored
     assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=5)) == []
 
 
+async def test_a_stored_repeat_is_never_found_for_a_rescore(db: Database, catalog: Catalog) -> None:
+    # Given a lead scored after its pricing visit, and the same visit again within the replay window
+    lead_id = await _add_lead(db, "twice@example.com", owner=OWNER)
+    await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
+    await rescore(lead_id, db=db, catalog=catalog, now=NOW)
+    repeat = await record_event(
+        db,
+        InboundEvent(
+            lead_id, "page_visit", NOW + timedelta(minutes=1), url="https://acmeflow.example/pricing"
+        ),
+        now=NOW + timedelta(minutes=1),
+    )
+    assert repeat is not None
+    assert repeat.repeat  # stored, and it enqueued no re-score
+    # Then the scheduler does not take the repeat for an event whose re-score was lost
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=3)) == []
+    # (the control: a new signal after the scoring is found)
+    await _add_event(
+        db, lead_id, "page_visit", NOW + timedelta(minutes=2), url="https://acmeflow.example/demo"
+    )
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=4)) == [lead_id]
+
+
 async def test_an_erased_lead_with_unscored_events_is_never_found_for_a_rescore(db: Database) -> None:
     lead_id = await _add_lead(db, "mei@example.com")
     await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
