@@ -623,3 +623,38 @@ async def test_a_handoff_that_revises_an_alert_while_it_is_sent_is_sent_at_once(
     ]
     [row] = await _alerts(db, lead_id)
     assert (row["status"], row["detail"]["revision"]) == ("delivered", 1)
+
+
+class _ErasedWhileSending(RecordingAlertSink):
+    """A sink that fails its first send, during which the alert's lead is erased."""
+
+    def __init__(self, db: Database, email: str, at: datetime) -> None:
+        super().__init__()
+        self._erasure: tuple[Database, str, datetime] | None = (db, email, at)
+
+    async def send(self, alert: Any, *, notify_urls: Any) -> None:
+        if self._erasure is not None:
+            db, email, at = self._erasure
+            self._erasure = None
+            await erase_lead(db, email, now=at)
+            raise AlertDeliveryError(f"{self.name} is down")
+        await super().send(alert, notify_urls=notify_urls)
+
+
+async def test_an_alert_withdrawn_while_it_is_sent_stays_withdrawn_and_is_never_sent_again(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a pending alert whose lead is erased while its first send fails
+    lead_id, alert_id = await _hot_alert(db, catalog, "gone@example.com")
+    sink = _ErasedWhileSending(db, "gone@example.com", NOW)
+    # When that attempt is recorded, then it neither asks for a retry nor brings the alert back to pending
+    assert not await deliver_alert(alert_id, db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=NOW)
+    [row] = await _alerts(db, lead_id)
+    assert row["status"] == "withdrawn"
+    # And neither a retry of its message nor the stalled-alert sweep ever sends it
+    later = NOW + timedelta(hours=2)
+    assert await find_stalled_alerts(db=db, now=later) == []
+    assert not await deliver_alert(
+        alert_id, db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=later
+    )
+    assert sink.alerts == []
