@@ -19,7 +19,6 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Table, func, select
@@ -27,15 +26,12 @@ from sqlalchemy import Table, func, select
 from nurture.core.events import InboundEvent, NotRecorded
 from nurture.core.tracking import share_url, visitor_token
 from nurture.db.queries.tables import alerts, enrollments, events, leads
-from nurture.event_consumer import EventConsumer
-from nurture.event_stream import STREAM, EventStream
 from nurture.flows.alert import deliver_alert
 from nurture.flows.engage import record_events, record_keyed_events, unsubscribe
 from nurture.flows.erase import erase_lead
 from nurture.flows.escalate import rescore
 from nurture.flows.tick import enroll
-from tests.attacks.conftest import SECRET, Site, SiteFactory
-from tests.services import REDIS_URL, require_service
+from tests.attacks.conftest import ERASED_REFRESH_S, SECRET, Site, SiteFactory, store_buffered
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +39,7 @@ LEAD = "mei@example.com"
 PRICING = "https://acmeflow.example/pricing"
 PROPOSAL = "https://files.example/proposal.pdf"
 LATER = timedelta(hours=1)
-REFRESH_S = 0.05  # NURTURE_ERASED_REFRESH_S of these sites: how stale the web's erased set may be
+REFRESH_S = ERASED_REFRESH_S  # NURTURE_ERASED_REFRESH_S of these sites (the fresh and the buffered)
 
 
 async def mailed(site: Site) -> tuple[int, dict[str, str]]:
@@ -156,20 +152,6 @@ async def test_an_erased_lead_is_never_rescored_assigned_alerted_or_enrolled(fre
     assert await _count(site, enrollments) == enrolled
 
 
-@pytest.fixture
-async def buffered_site(site_factory: SiteFactory) -> AsyncIterator[Site]:
-    require_service(REDIS_URL, "Redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    client.delete(STREAM)
-    started: Site = await site_factory(redis_url=REDIS_URL, erased_refresh_s=REFRESH_S)
-    try:
-        async with started.client:
-            yield started
-    finally:
-        client.delete(STREAM)
-        client.close()
-
-
 async def test_events_buffered_before_an_erasure_are_stored_nowhere(buffered_site: Site) -> None:
     # Given an open, a click and a visit buffered in Redis before the lead was erased
     site = buffered_site
@@ -179,14 +161,8 @@ async def test_events_buffered_before_an_erasure_are_stored_nowhere(buffered_sit
     await _erase(site)
 
     # When a worker's consumer stores the batch
-    stream = EventStream.from_url(REDIS_URL, timeout_s=5)
     rescored: list[int] = []
-    try:
-        await stream.ensure_group()
-        consumer = EventConsumer(stream, site.runtime.db, site.runtime.clock, rescored.extend, name="t")
-        report = await consumer.step()
-    finally:
-        await stream.aclose()
+    report = await store_buffered(site, rescored.extend)
 
     # Then nothing is stored and no rescore is enqueued; the tokens are dead now
     assert (report.recorded, report.unknown_leads, rescored) == (0, 5, [])
