@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import email
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,16 @@ class Site:
     @property
     def auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.key}"}
+
+    def first_email_html(self) -> str:
+        """The HTML body of the one email in the outbox (what `mail_first_step` sent)."""
+        [eml] = self.runtime.settings.outbox_dir.glob("*.eml")
+        message = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        body = message.get_body(("html",))
+        assert body is not None
+        html: str = body.get_content()
+        return html
 
     async def mail_first_step(self, address: str, **fields: str) -> int:
         """Import, enroll and send a lead's first email to the outbox; the delivery id."""

@@ -10,13 +10,10 @@ visits still reach its rep, and never enroll it again.
 from __future__ import annotations
 
 import asyncio
-import email
 import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from email import policy
-from email.message import EmailMessage
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -45,12 +42,7 @@ REFRESH_S = ERASED_REFRESH_S  # NURTURE_ERASED_REFRESH_S of these sites (the fre
 async def mailed(site: Site) -> tuple[int, dict[str, str]]:
     """A lead mailed the first step; its id and the tokens its email carries (open, click, visitor)."""
     await site.mail_first_step(LEAD)
-    [eml] = site.runtime.settings.outbox_dir.glob("*.eml")
-    message = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    body = message.get_body(("html",))
-    assert body is not None
-    html = body.get_content()
+    html = site.first_email_html()
     async with site.runtime.db.transaction() as conn:
         lead_id = int((await conn.execute(select(leads.c.id))).scalar_one())
     tokens = {
