@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import email
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from nurture.clock import FrozenClock
 from nurture.db.migrate import upgrade
+from nurture.event_consumer import BatchReport, EnqueueRescores, EventConsumer
+from nurture.event_stream import STREAM, EventStream
 from nurture.flows.deliver import Outcome, deliver
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
@@ -23,10 +29,12 @@ from nurture.settings import Settings
 from nurture.web.auth import issue_api_key
 from nurture.web.server import WebAddress, build_server
 from tests.project import PROJECT
+from tests.services import REDIS_URL, require_service
 
 ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "attack-test-secret-key-0123456789"
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Taipei: the first step is due at once
+ERASED_REFRESH_S = 0.05  # NURTURE_ERASED_REFRESH_S of the buffered site: how stale its erased set may be
 
 
 @dataclass
@@ -40,6 +48,16 @@ class Site:
     @property
     def auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.key}"}
+
+    def first_email_html(self) -> str:
+        """The HTML body of the one email in the outbox (what `mail_first_step` sent)."""
+        [eml] = self.runtime.settings.outbox_dir.glob("*.eml")
+        message = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        body = message.get_body(("html",))
+        assert body is not None
+        html: str = body.get_content()
+        return html
 
     async def mail_first_step(self, address: str, **fields: str) -> int:
         """Import, enroll and send a lead's first email to the outbox; the delivery id."""
@@ -103,3 +121,30 @@ async def site(site_factory: SiteFactory) -> AsyncIterator[Site]:
     started: Site = await site_factory()
     async with started.client:
         yield started
+
+
+@pytest.fixture
+async def buffered_site(site_factory: SiteFactory) -> AsyncIterator[Site]:
+    """The site with Redis: tracking events are stream entries until a worker's consumer stores them
+    (`store_buffered`); its erased set is read every `ERASED_REFRESH_S`."""
+    require_service(REDIS_URL, "Redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(STREAM)  # the test Redis database is this suite's own
+    started: Site = await site_factory(redis_url=REDIS_URL, erased_refresh_s=ERASED_REFRESH_S)
+    try:
+        async with started.client:
+            yield started
+    finally:
+        client.delete(STREAM)
+        client.close()
+
+
+async def store_buffered(site: Site, enqueue_rescores: EnqueueRescores = lambda _ids: None) -> BatchReport:
+    """Store one batch of what the web buffered, as a worker's consumer does."""
+    stream = EventStream.from_url(REDIS_URL, timeout_s=5)
+    try:
+        await stream.ensure_group()
+        consumer = EventConsumer(stream, site.runtime.db, site.runtime.clock, enqueue_rescores, name="t")
+        return await consumer.step()
+    finally:
+        await stream.aclose()

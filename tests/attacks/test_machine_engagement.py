@@ -8,25 +8,17 @@ each check can fail.
 
 from __future__ import annotations
 
-import email
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from email import policy
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from nurture.core.tracking import visitor_token
 from nurture.db.queries.tables import alerts, events, leads
-from nurture.event_consumer import EventConsumer
-from nurture.event_stream import STREAM, EventStream
 from nurture.flows.escalate import rescore
-from tests.attacks.conftest import SECRET, Site, SiteFactory
-from tests.services import REDIS_URL, require_service
+from tests.attacks.conftest import SECRET, Site, store_buffered
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +40,7 @@ LATER = timedelta(hours=1)  # well past min_open_delay: only the user agent mark
 async def _mailed(site: Site) -> tuple[int, dict[str, str]]:
     """A lead mailed the first step at START; its id and the open and click tokens its email carries."""
     await site.mail_first_step("mei@example.com")
-    [eml] = site.runtime.settings.outbox_dir.glob("*.eml")
-    message = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    body = message.get_body(("html",))
-    assert body is not None
-    html = body.get_content()
+    html = site.first_email_html()
     tokens = {
         "o": re.findall(r'/t/o/([A-Za-z0-9_.-]+)"', html)[0],
         "c": re.findall(r'/t/c/([A-Za-z0-9_.-]+)"', html)[0],
@@ -170,32 +157,6 @@ async def test_head_requests_are_answered_and_never_score(site: Site) -> None:
     assert (seen["score"], seen["alerts"]) == (0, 0)
 
 
-@pytest.fixture
-async def buffered_site(site_factory: SiteFactory) -> AsyncIterator[Site]:
-    """The site with Redis: tracking events are stream entries until a worker's consumer stores them."""
-    require_service(REDIS_URL, "Redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    client.delete(STREAM)  # the test Redis database is this suite's own
-    started: Site = await site_factory(redis_url=REDIS_URL)
-    try:
-        async with started.client:
-            yield started
-    finally:
-        client.delete(STREAM)
-        client.close()
-
-
-async def _store_buffered(site: Site) -> int:
-    """Store what the web buffered, as a worker's consumer does; how many events it recorded."""
-    stream = EventStream.from_url(REDIS_URL, timeout_s=5)
-    try:
-        await stream.ensure_group()
-        consumer = EventConsumer(stream, site.runtime.db, site.runtime.clock, lambda _ids: None, name="t")
-        return (await consumer.step()).recorded
-    finally:
-        await stream.aclose()
-
-
 async def test_buffered_machine_events_are_stored_and_never_score_or_alert(buffered_site: Site) -> None:
     # Given a proxy's open, a gateway's click and a scanner's pricing visit, buffered in Redis
     site = buffered_site
@@ -206,7 +167,7 @@ async def test_buffered_machine_events_are_stored_and_never_score_or_alert(buffe
     await _visit(site, lead_id, GATEWAYS[-1])
 
     # When the worker stores them and the lead is rescored
-    stored = await _store_buffered(site)
+    stored = (await store_buffered(site)).recorded
 
     # Then all three are rows, and the score and alerts are unchanged
     seen = await _after_rescore(site, lead_id)
@@ -217,7 +178,7 @@ async def test_buffered_machine_events_are_stored_and_never_score_or_alert(buffe
     # And a person's visit through the same path alerts (the control)
     site.clock.advance(LATER)
     await _visit(site, lead_id, HUMAN)
-    assert await _store_buffered(site) == 1
+    assert (await store_buffered(site)).recorded == 1
     seen = await _after_rescore(site, lead_id)
     assert (seen["score"], seen["alerts"]) == (15, 1)
 

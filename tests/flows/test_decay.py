@@ -16,7 +16,7 @@ from nurture.cli import _explanation_lines
 from nurture.core.campaign import parse_campaign
 from nurture.core.events import InboundEvent
 from nurture.db.engine import Database
-from nurture.db.queries.tables import enrollments, leads
+from nurture.db.queries.tables import enrollments, leads, touchpoints
 from nurture.flows.decay import refresh_scores
 from nurture.flows.engage import record_event
 from nurture.flows.escalate import rescore
@@ -84,6 +84,36 @@ async def test_the_scheduler_pass_lowers_a_stored_score_by_decay_once(db: Databa
     assert row["score_drops_at"] > later
     assert await refresh_scores(db, catalog, later) == 0
     assert (await _row(db, lead_id))["score"] == 8
+
+
+async def test_a_fall_by_decay_is_not_on_the_timeline_and_the_next_rescore_starts_from_it(
+    db: Database,
+) -> None:
+    catalog = _catalog("timeline")
+    lead_id = await _lead_scored_16(db, catalog, "timeline@example.com", "none")
+    scored = await _score_changes(db, lead_id)
+    # The pass that lowers the stored 16 to 8 puts nothing on the timeline (`lead show` explains it)
+    later = NOW + HALF_LIFE
+    await enroll(db, catalog, later)
+    assert (await _row(db, lead_id))["score"] == 8
+    assert await _score_changes(db, lead_id) == scored
+    # And the next rescore's change starts from the decayed score, not from the 16 of the last rescore
+    visit = InboundEvent(lead_id=lead_id, type="page_visit", occurred_at=later, url="https://a.example/z")
+    await record_event(db, visit, now=later)
+    result = await rescore(lead_id, db=db, catalog=catalog, now=later)
+    assert result is not None
+    changes = await _score_changes(db, lead_id)
+    assert changes[len(scored) :] == [(8, result.score_after)]
+
+
+async def _score_changes(db: Database, lead_id: int) -> list[tuple[int, int]]:
+    stmt = (
+        select(touchpoints.c.detail)
+        .where(touchpoints.c.lead_id == lead_id, touchpoints.c.kind == "score_change")
+        .order_by(touchpoints.c.id)
+    )
+    async with db.transaction() as conn:
+        return [(d["before"], d["after"]) for d in (await conn.execute(stmt)).scalars()]
 
 
 @pytest.mark.parametrize(

@@ -472,6 +472,29 @@ async def test_an_event_whose_rescore_was_lost_is_found_again_until_it_is_scored
     assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=5)) == []
 
 
+async def test_a_stored_repeat_is_never_found_for_a_rescore(db: Database, catalog: Catalog) -> None:
+    # Given a lead scored after its pricing visit, and the same visit again within the replay window
+    lead_id = await _add_lead(db, "twice@example.com", owner=OWNER)
+    await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
+    await rescore(lead_id, db=db, catalog=catalog, now=NOW)
+    repeat = await record_event(
+        db,
+        InboundEvent(
+            lead_id, "page_visit", NOW + timedelta(minutes=1), url="https://acmeflow.example/pricing"
+        ),
+        now=NOW + timedelta(minutes=1),
+    )
+    assert repeat is not None
+    assert repeat.repeat  # stored, and it enqueued no re-score
+    # Then the scheduler does not take the repeat for an event whose re-score was lost
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=3)) == []
+    # (the control: a new signal after the scoring is found)
+    await _add_event(
+        db, lead_id, "page_visit", NOW + timedelta(minutes=2), url="https://acmeflow.example/demo"
+    )
+    assert await find_unscored_leads(db=db, now=NOW + timedelta(minutes=4)) == [lead_id]
+
+
 async def test_an_erased_lead_with_unscored_events_is_never_found_for_a_rescore(db: Database) -> None:
     lead_id = await _add_lead(db, "mei@example.com")
     await _add_event(db, lead_id, "page_visit", NOW, url="https://acmeflow.example/pricing")
@@ -600,3 +623,38 @@ async def test_a_handoff_that_revises_an_alert_while_it_is_sent_is_sent_at_once(
     ]
     [row] = await _alerts(db, lead_id)
     assert (row["status"], row["detail"]["revision"]) == ("delivered", 1)
+
+
+class _ErasedWhileSending(RecordingAlertSink):
+    """A sink that fails its first send, during which the alert's lead is erased."""
+
+    def __init__(self, db: Database, email: str, at: datetime) -> None:
+        super().__init__()
+        self._erasure: tuple[Database, str, datetime] | None = (db, email, at)
+
+    async def send(self, alert: Any, *, notify_urls: Any) -> None:
+        if self._erasure is not None:
+            db, email, at = self._erasure
+            self._erasure = None
+            await erase_lead(db, email, now=at)
+            raise AlertDeliveryError(f"{self.name} is down")
+        await super().send(alert, notify_urls=notify_urls)
+
+
+async def test_an_alert_withdrawn_while_it_is_sent_stays_withdrawn_and_is_never_sent_again(
+    db: Database, catalog: Catalog
+) -> None:
+    # Given a pending alert whose lead is erased while its first send fails
+    lead_id, alert_id = await _hot_alert(db, catalog, "gone@example.com")
+    sink = _ErasedWhileSending(db, "gone@example.com", NOW)
+    # When that attempt is recorded, then it neither asks for a retry nor brings the alert back to pending
+    assert not await deliver_alert(alert_id, db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=NOW)
+    [row] = await _alerts(db, lead_id)
+    assert row["status"] == "withdrawn"
+    # And neither a retry of its message nor the stalled-alert sweep ever sends it
+    later = NOW + timedelta(hours=2)
+    assert await find_stalled_alerts(db=db, now=later) == []
+    assert not await deliver_alert(
+        alert_id, db=db, sinks=[sink], catalog=catalog, base_url=BASE_URL, now=later
+    )
+    assert sink.alerts == []

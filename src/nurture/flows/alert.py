@@ -45,8 +45,9 @@ async def deliver_alert(
     """Send alert `alert_id` to every sink that has not delivered it yet, and record the attempt.
 
     Returns:
-        True when this call completed the delivery; False when the alert is unknown, was delivered or given
-        up on before, or is given up on now (its `max_attempts`-th failed attempt).
+        True when this call completed the delivery; False when the alert is unknown, was delivered, given
+        up on or withdrawn before, was withdrawn while it was sent (its lead erased), or is given up on now
+        (its `max_attempts`-th failed attempt).
 
     Raises:
         AlertDeliveryError: a sink failed and attempts remain; the sinks that delivered are not asked again.
@@ -67,6 +68,9 @@ async def deliver_alert(
         raise AlertDeliveryError(f"alert {alert_id}: revised again while each revision was sent")
     if status == "failed":
         log.error("alert given up alert_id=%s attempts=%d errors=%s", alert_id, record.attempts + 1, errors)
+        return False
+    if status not in ("pending", "delivered"):  # withdrawn while it was sent: never retried
+        log.info("alert no longer pending after its attempt alert_id=%s status=%s", alert_id, status)
         return False
     if errors:
         raise AlertDeliveryError(

@@ -99,7 +99,9 @@ class TrackingEndpoints:
         self._script = site_script(f"{runtime.mailer.base_url.rstrip('/')}/t/v")
 
     async def aclose(self) -> None:
-        """Close the event stream's connections (the server does, once it stopped answering)."""
+        """Close the event stream's connections and stop a read of the erased leads under way (the server
+        does, once it stopped answering)."""
+        await self._erased.aclose()
         await self._recorder.aclose()
 
     async def open_pixel(self, request: Request) -> Response:

@@ -240,16 +240,23 @@ async def record_alert_attempt(
     `errors` maps each sink that failed to why. No error: `delivered`; errors and `max_attempts` reached:
     `failed` (never tried again); otherwise it stays `pending`. A handoff that revised the alert since
     `revision` was read leaves it `pending` for every sink, and `revised` is returned so it is sent again at
-    once. Returns the new status.
+    once. An alert that stopped being pending meanwhile (withdrawn: its lead was erased) keeps its status,
+    which is returned, and only notes the sinks that delivered it. Returns the new status.
     """
     row = (
         await conn.execute(
-            select(alerts.c.attempts, alerts.c.detail).where(alerts.c.id == alert_id).with_for_update()
+            select(alerts.c.status, alerts.c.attempts, alerts.c.detail)
+            .where(alerts.c.id == alert_id)
+            .with_for_update()
         )
     ).one()
     attempts = row.attempts + 1
     detail = dict(row.detail or {})
     detail["last_attempt_at"] = now.isoformat()
+    if row.status != "pending":
+        detail["delivered_by"] = sorted({*detail.get("delivered_by", ()), *delivered_by})
+        await conn.execute(update(alerts).where(alerts.c.id == alert_id).values(detail=detail))
+        return str(row.status)
     if int(detail.get("revision", 0)) != revision:
         detail["delivered_before_revision"] = sorted(delivered_by)
         await conn.execute(update(alerts).where(alerts.c.id == alert_id).values(detail=detail))

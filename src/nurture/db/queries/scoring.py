@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, Row, String, bindparam, cast, select, update
+from sqlalchemy import Integer, Row, String, bindparam, cast, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nurture.core.context import LeadProfile
@@ -318,7 +318,9 @@ async def fetch_leads_with_unscored_events(
     conn: AsyncConnection, *, received_after: datetime, received_before: datetime
 ) -> list[int]:
     """Leads, not erased, with an event received in the window but not scored since (its re-score message
-    was lost)."""
+    was lost). A repeat within the replay window (`properties.repeat`) is not such an event: it never
+    enqueues a re-score, and would not change the score."""
+    repeat = func.coalesce(events.c.properties["repeat"].as_boolean(), false())
     stmt = (
         select(events.c.lead_id)
         .distinct()
@@ -326,6 +328,7 @@ async def fetch_leads_with_unscored_events(
         .where(
             events.c.received_at > received_after,
             events.c.received_at <= received_before,
+            ~repeat,
             leads.c.erased_at.is_(None),  # an erased lead is never rescored: nothing to find again
             (leads.c.score_updated_at.is_(None)) | (leads.c.score_updated_at < events.c.received_at),
         )
