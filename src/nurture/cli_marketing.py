@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nurture.catalog import Catalog
+from nurture.catalog import Catalog, missing_postal_address
 from nurture.cli import Format, _catalog, _lead_email, _on_database, _parse_now, _reported, _settings, app
 from nurture.core.campaign import Campaign
 from nurture.core.campaign_tests import CampaignCase, check, observed_from, parse_cases
@@ -142,6 +142,9 @@ async def _test_send(
     catalog = _catalog(settings)
     campaign = _campaign(catalog, campaign_id)
     find_step(campaign, step_id)
+    unaddressed = missing_postal_address(campaign, settings.postal_address)
+    if unaddressed is not None:  # refused as a real send is: no marketing email goes out without one
+        raise unaddressed
     who = await _preview_lead(settings, lead, sample)
     runtime = build_runtime(settings, catalog=catalog)
     try:
