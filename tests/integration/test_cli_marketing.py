@@ -233,11 +233,17 @@ def test_test_send_reaches_the_test_inbox_marked_and_the_lead_gets_no_touchpoint
     assert [t["kind"] for t in shown["timeline"]] == []
 
 
-def test_test_send_refuses_a_campaign_without_a_postal_address_in_one_line_as_sending_does(
+def test_without_a_postal_address_preview_notes_it_and_test_send_refuses_in_one_line_as_sending_does(
     mini: Cli, smtp_sink: SmtpSink
 ) -> None:
     campaign = mini.cwd / "campaigns" / "mini.yaml"
     campaign.write_text(CAMPAIGN.replace(', postal_address: "Acme, 1 Main St, Springfield"', ""), "utf-8")
+    # preview still shows the step (to place the address), and says on stderr that it cannot be sent
+    shown = ok(mini("preview", "mini", "hello", "--format", "json"))
+    assert json.loads(shown.stdout)["step"] == "hello"
+    assert "note: " in shown.stderr
+    assert "sender has no postal_address" in shown.stderr
+    assert "test-send and real sends refuse it" in shown.stderr
     reason = one_line_error(
         mini("test-send", "mini", "hello", "--to", "qa@acme.example", NURTURE_SMTP_URL=smtp_sink.url)
     )
