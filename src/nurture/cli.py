@@ -217,6 +217,8 @@ def tick_data(result: TickResult, *, at: datetime, drained: bool) -> dict[str, A
         "bounced": sends.bounced,
         "unknown": result.unknown + sends.unknown,  # abandoned earlier, and in this pass
         "not_claimed": sends.not_claimed,
+        # claimed, but no outcome came back here: their batch failed (logged), or another worker has them
+        "not_counted": max(result.claimed - sends.counted, 0),
     }
 
 
@@ -236,6 +238,10 @@ def tick_line(data: dict[str, Any]) -> str:
     parts.append(f"failed {data['failed']}" + (f" (bounced {data['bounced']})" if data["bounced"] else ""))
     parts.append(f"unknown {data['unknown']}")
     parts += [f"taken by another worker {data['not_claimed']}"] if data["not_claimed"] else []
+    if data["not_counted"]:
+        parts.append(
+            f"not counted {data['not_counted']} (their batch failed, see the log, or another worker has them)"
+        )
     return f"{head}, {', '.join(parts)}"
 
 

@@ -20,8 +20,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nurture.catalog import Catalog
-from nurture.cli import Format, _catalog, _lead_email, _on_database, _parse_now, _reported, _settings, app
+from nurture.catalog import Catalog, missing_postal_address
+from nurture.cli import (
+    Format,
+    _catalog,
+    _lead_email,
+    _on_database,
+    _parse_now,
+    _reported,
+    _settings,
+    app,
+    err,
+)
 from nurture.core.campaign import Campaign
 from nurture.core.campaign_tests import CampaignCase, check, observed_from, parse_cases
 from nurture.core.context import SAMPLE_LEAD
@@ -121,6 +131,9 @@ async def _preview(
     catalog = _catalog(settings)
     campaign = _campaign(catalog, campaign_id)
     find_step(campaign, step_id)  # before anything else: a typo is the likelier mistake
+    unaddressed = missing_postal_address(campaign, settings.postal_address)
+    if unaddressed is not None:  # shown all the same, so the address can be placed; sends refuse it
+        err.print(f"note: {unaddressed}; test-send and real sends refuse it", markup=False, highlight=False)
     who = await _preview_lead(settings, lead, sample)
     runtime = build_runtime(settings, catalog=catalog)
     try:
@@ -142,6 +155,9 @@ async def _test_send(
     catalog = _catalog(settings)
     campaign = _campaign(catalog, campaign_id)
     find_step(campaign, step_id)
+    unaddressed = missing_postal_address(campaign, settings.postal_address)
+    if unaddressed is not None:  # refused as a real send is: no marketing email goes out without one
+        raise unaddressed
     who = await _preview_lead(settings, lead, sample)
     runtime = build_runtime(settings, catalog=catalog)
     try:

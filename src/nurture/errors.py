@@ -27,10 +27,11 @@ class NurtureError(Exception):
 
 
 class ConfigError(NurtureError):
-    """A configuration file is wrong; the message starts with `source:line:`."""
+    """A configuration file or setting is wrong; the message starts with `source:line:`, or `source:` when
+    no line applies (a whole file, a folder, an environment variable)."""
 
     def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
-        super().__init__(f"{source}:{line if line is not None else '?'}: {message}")
+        super().__init__(f"{source}:{line}: {message}" if line is not None else f"{source}: {message}")
         self.source, self.line, self.reason = source, line, message
 
 

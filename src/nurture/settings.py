@@ -246,8 +246,9 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; a bad value becomes a `ConfigError` naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc), source="environment") from None  # the cause would show the values
+    except ValidationError as exc:  # `from None`: the cause would show the values
+        (source, first), *more = _problems(exc)
+        raise ConfigError("; ".join([first, *(f"{s}: {m}" for s, m in more)]), source=source) from None
 
 
 def redact_url(url: str) -> str:
@@ -259,11 +260,12 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _describe(exc: ValidationError) -> str:
-    """Name each bad variable and what is wrong with it, never its value (it may be a password)."""
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Each bad variable (`settings` for a rule across several) and what is wrong with it, never its value
+    (it may be a password)."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         field = ".".join(str(part) for part in error["loc"])
-        where = f"NURTURE_{field.upper()}: " if field else ""
-        problems.append(where + error["msg"].removeprefix("Value error, "))
-    return "; ".join(problems)
+        source = f"NURTURE_{field.upper()}" if field else "settings"
+        problems.append((source, error["msg"].removeprefix("Value error, ")))
+    return problems

@@ -233,6 +233,40 @@ def test_test_send_reaches_the_test_inbox_marked_and_the_lead_gets_no_touchpoint
     assert [t["kind"] for t in shown["timeline"]] == []
 
 
+def test_without_a_postal_address_preview_notes_it_and_test_send_refuses_in_one_line_as_sending_does(
+    mini: Cli, smtp_sink: SmtpSink
+) -> None:
+    campaign = mini.cwd / "campaigns" / "mini.yaml"
+    campaign.write_text(CAMPAIGN.replace(', postal_address: "Acme, 1 Main St, Springfield"', ""), "utf-8")
+    # preview still shows the step (to place the address), and says on stderr that it cannot be sent
+    shown = ok(mini("preview", "mini", "hello", "--format", "json"))
+    assert json.loads(shown.stdout)["step"] == "hello"
+    assert "note: " in shown.stderr
+    assert "sender has no postal_address" in shown.stderr
+    assert "test-send and real sends refuse it" in shown.stderr
+    reason = one_line_error(
+        mini("test-send", "mini", "hello", "--to", "qa@acme.example", NURTURE_SMTP_URL=smtp_sink.url)
+    )
+    assert "mini.yaml:3: sender has no postal_address and NURTURE_POSTAL_ADDRESS is not set" in reason
+    assert smtp_sink.messages == []
+    # NURTURE_POSTAL_ADDRESS is the fallback every send uses: with it, the test goes out
+    ok(
+        mini(
+            "test-send",
+            "mini",
+            "hello",
+            "--to",
+            "qa@acme.example",
+            NURTURE_SMTP_URL=smtp_sink.url,
+            NURTURE_POSTAL_ADDRESS="Acme, 2 Side St, Springfield",
+        )
+    )
+    [received] = smtp_sink.messages
+    body = received.message.get_body(("plain",))
+    assert body is not None
+    assert "2 Side St" in body.get_content()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

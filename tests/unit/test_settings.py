@@ -78,6 +78,28 @@ def test_load_settings_reports_a_bad_value_as_a_config_error_naming_the_variable
     ) as caught:
         load_settings()
     assert "many" not in str(caught.value)  # values are never echoed: they may be passwords
+    assert str(caught.value).startswith("NURTURE_WORKER_THREADS: Input should")  # no `environment:?:`
+    assert caught.value.source == "NURTURE_WORKER_THREADS"
+
+
+def test_load_settings_names_every_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NURTURE_WORKER_THREADS", "many")
+    monkeypatch.setenv("NURTURE_SEND_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("NURTURE_")
+    assert "NURTURE_WORKER_THREADS: " in message
+    assert "NURTURE_SEND_BATCH_SIZE: Input should be greater than 0" in message
+
+
+def test_a_config_error_without_a_line_reads_source_then_reason() -> None:
+    assert str(ConfigError("a host is required", source="NURTURE_SMTP_URL")) == (
+        "NURTURE_SMTP_URL: a host is required"
+    )
+    located = ConfigError("unknown key", source="campaigns/a.yaml", line=3)
+    assert str(located) == "campaigns/a.yaml:3: unknown key"
 
 
 def test_redact_url_hides_the_password_and_keeps_the_rest() -> None:

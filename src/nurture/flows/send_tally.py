@@ -48,6 +48,12 @@ class SendCounts:
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
+    @property
+    def counted(self) -> int:
+        """Deliveries with an outcome here: each is in exactly one of the figures above."""
+        figures = (self.sent, self.shadowed, self.tasks, self.failed, self.unknown, self.not_claimed)
+        return sum(figures) + self.deferred_total + self.skipped_total
+
 
 class SendTally:
     """Collects batch outcomes (`add` is a send batch's `on_outcomes` callback) into `SendCounts`."""
