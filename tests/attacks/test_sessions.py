@@ -7,16 +7,18 @@ signs in on one, and the cookie is tried on both before and after the logout.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from nurture.core.tracking import login_link_token, session_token, sign_token
 from nurture.db.engine import Database
-from nurture.db.queries.apikeys import end_session
+from nurture.db.queries.apikeys import end_session, fetch_active_api_key
 from nurture.db.queries.tables import catalog_state
-from nurture.web.sessions import SESSION_TTL
+from nurture.web.auth import issue_api_key, revoke_key
+from nurture.web.sessions import SESSION_TTL, key_of_session, sign_out, start_session
 from tests.attacks.conftest import SECRET, START, Site, SiteFactory
 
 COOKIE = "nurture_session"  # the name over plain http
@@ -125,6 +127,34 @@ async def test_an_ended_session_is_forgotten_once_it_would_have_expired(db: Data
     async with db.transaction() as conn:
         await end_session(conn, "c" * 22, expires_at=expires_at + timedelta(hours=1), now=expires_at)
     assert await kept() == before + 1  # both earlier ones expired at `expires_at`; only "c" is left
+
+
+async def test_a_request_with_a_session_asks_the_database_one_query(db: Database) -> None:
+    issued = await issue_api_key(db, name="rep", now=START)
+    async with db.transaction() as conn:
+        stored = await fetch_active_api_key(conn, issued.prefix)
+    assert stored is not None
+    live, ended = (start_session(stored, key=KEY, now=START) for _ in range(2))
+    await sign_out(db, ended, key=KEY, now=START)
+    selects: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    async def asked(token: str) -> tuple[bool, int]:
+        selects.clear()
+        found = await key_of_session(db, token, key=KEY, now=LATER)
+        return found is not None, len(selects)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await asked(live) == (True, 1)
+        assert await asked(ended) == (False, 1)  # signed out of
+        await revoke_key(db, issued.prefix, now=START)
+        assert await asked(live) == (False, 1)  # its key revoked
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
 
 
 @pytest.mark.parametrize(

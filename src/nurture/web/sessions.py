@@ -26,7 +26,7 @@ from nurture.db.queries.apikeys import (
     claim_login_link,
     end_session,
     fetch_active_api_key_by_id,
-    session_ended,
+    fetch_session_key,
 )
 from nurture.errors import TrackingTokenError
 from nurture.web.auth import find_active_key
@@ -78,9 +78,7 @@ async def key_of_session(db: Database, token: str, *, key: bytes, now: datetime)
     except TrackingTokenError:
         return None
     async with db.transaction() as conn:
-        if await session_ended(conn, session.nonce):
-            return None
-        return await fetch_active_api_key_by_id(conn, session.api_key_id)
+        return await fetch_session_key(conn, session.api_key_id, session.nonce)
 
 
 async def sign_out(db: Database, token: str, *, key: bytes, now: datetime) -> None:
