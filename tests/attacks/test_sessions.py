@@ -18,7 +18,7 @@ from nurture.db.engine import Database
 from nurture.db.queries.apikeys import end_session, fetch_active_api_key
 from nurture.db.queries.tables import catalog_state
 from nurture.web.auth import issue_api_key, revoke_key
-from nurture.web.sessions import SESSION_TTL, key_of_session, sign_out, start_session
+from nurture.web.sessions import key_of_session, sign_out, start_session
 from tests.attacks.conftest import SECRET, START, Site, SiteFactory
 
 COOKIE = "nurture_session"  # the name over plain http
@@ -134,7 +134,7 @@ async def test_a_request_with_a_session_asks_the_database_one_query(db: Database
     async with db.transaction() as conn:
         stored = await fetch_active_api_key(conn, issued.prefix)
     assert stored is not None
-    live, ended = (start_session(stored, key=KEY, now=START) for _ in range(2))
+    live, ended = (start_session(stored, key=KEY, now=START, ttl=timedelta(hours=12)) for _ in range(2))
     await sign_out(db, ended, key=KEY, now=START)
     selects: list[str] = []
 
@@ -157,16 +157,15 @@ async def test_a_request_with_a_session_asks_the_database_one_query(db: Database
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
 
 
-@pytest.mark.parametrize(
-    ("age", "status"),
-    [
-        (SESSION_TTL - timedelta(seconds=1), 200),
-        (SESSION_TTL, 303),
-        (SESSION_TTL + timedelta(seconds=1), 303),
-    ],
-)
-async def test_a_session_lasts_its_ttl_and_not_a_second_more(site: Site, age: timedelta, status: int) -> None:
-    signed_in = await site.client.post("/login", data={"api_key": site.key, "next": "/"}, headers=FORM)
-    cookie = signed_in.cookies[COOKIE]
-    site.clock.advance(age)
-    assert await _status_with(site, cookie) == status
+@pytest.mark.parametrize(("hours", "setting"), [(12.0, {}), (1.5, {"session_hours": 1.5})])
+@pytest.mark.parametrize(("past", "status"), [(-SECOND, 200), (timedelta(0), 303), (SECOND, 303)])
+async def test_a_session_lasts_its_ttl_and_not_a_second_more(
+    site_factory: SiteFactory, hours: float, setting: dict[str, float], past: timedelta, status: int
+) -> None:
+    site: Site = await site_factory(**setting)  # NURTURE_SESSION_HOURS, 12 by default
+    async with site.client:
+        signed_in = await site.client.post("/login", data={"api_key": site.key, "next": "/"}, headers=FORM)
+        assert f"Max-Age={int(hours * 3600)};" in signed_in.headers["set-cookie"]
+        cookie = signed_in.cookies[COOKIE]
+        site.clock.advance(timedelta(hours=hours) + past)
+        assert await _status_with(site, cookie) == status
