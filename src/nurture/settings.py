@@ -7,6 +7,7 @@ Unset means the embedded default: a SQLite file and an outbox folder under `./va
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
     api_burst: int = Field(default=200, gt=0)  # requests a key may make at once before the rate applies
     # a tracking event read from the Redis stream and not stored this long is taken over by another worker
     event_claim_idle_s: float = Field(default=30.0, gt=0)
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # how long a rep's browser session lasts
     max_json_depth: int = Field(default=32, gt=0, le=200)  # arrays/objects nested in a JSON body
     max_mime_depth: int = Field(default=16, gt=0, le=100)  # multipart/message parts declared in a complaint
 
@@ -197,6 +199,11 @@ class Settings(BaseSettings):
         # URLs may carry passwords: show them redacted wherever settings are printed or logged.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name in ("database_url", "redis_url") and value else value
+
+    @property
+    def session_ttl(self) -> timedelta:
+        """How long a rep's browser session lasts (NURTURE_SESSION_HOURS)."""
+        return timedelta(hours=self.session_hours)
 
     @property
     def lead_limits(self) -> LeadLimits:

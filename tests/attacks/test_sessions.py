@@ -7,16 +7,18 @@ signs in on one, and the cookie is tried on both before and after the logout.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from nurture.core.tracking import login_link_token, session_token, sign_token
 from nurture.db.engine import Database
-from nurture.db.queries.apikeys import end_session
+from nurture.db.queries.apikeys import end_session, fetch_active_api_key
 from nurture.db.queries.tables import catalog_state
-from nurture.web.sessions import SESSION_TTL
+from nurture.web.auth import issue_api_key, revoke_key
+from nurture.web.sessions import key_of_session, sign_out, start_session
 from tests.attacks.conftest import SECRET, START, Site, SiteFactory
 
 COOKIE = "nurture_session"  # the name over plain http
@@ -127,16 +129,43 @@ async def test_an_ended_session_is_forgotten_once_it_would_have_expired(db: Data
     assert await kept() == before + 1  # both earlier ones expired at `expires_at`; only "c" is left
 
 
-@pytest.mark.parametrize(
-    ("age", "status"),
-    [
-        (SESSION_TTL - timedelta(seconds=1), 200),
-        (SESSION_TTL, 303),
-        (SESSION_TTL + timedelta(seconds=1), 303),
-    ],
-)
-async def test_a_session_lasts_its_ttl_and_not_a_second_more(site: Site, age: timedelta, status: int) -> None:
-    signed_in = await site.client.post("/login", data={"api_key": site.key, "next": "/"}, headers=FORM)
-    cookie = signed_in.cookies[COOKIE]
-    site.clock.advance(age)
-    assert await _status_with(site, cookie) == status
+async def test_a_request_with_a_session_asks_the_database_one_query(db: Database) -> None:
+    issued = await issue_api_key(db, name="rep", now=START)
+    async with db.transaction() as conn:
+        stored = await fetch_active_api_key(conn, issued.prefix)
+    assert stored is not None
+    live, ended = (start_session(stored, key=KEY, now=START, ttl=timedelta(hours=12)) for _ in range(2))
+    await sign_out(db, ended, key=KEY, now=START)
+    selects: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    async def asked(token: str) -> tuple[bool, int]:
+        selects.clear()
+        found = await key_of_session(db, token, key=KEY, now=LATER)
+        return found is not None, len(selects)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await asked(live) == (True, 1)
+        assert await asked(ended) == (False, 1)  # signed out of
+        await revoke_key(db, issued.prefix, now=START)
+        assert await asked(live) == (False, 1)  # its key revoked
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+
+
+@pytest.mark.parametrize(("hours", "setting"), [(12.0, {}), (1.5, {"session_hours": 1.5})])
+@pytest.mark.parametrize(("past", "status"), [(-SECOND, 200), (timedelta(0), 303), (SECOND, 303)])
+async def test_a_session_lasts_its_ttl_and_not_a_second_more(
+    site_factory: SiteFactory, hours: float, setting: dict[str, float], past: timedelta, status: int
+) -> None:
+    site: Site = await site_factory(**setting)  # NURTURE_SESSION_HOURS, 12 by default
+    async with site.client:
+        signed_in = await site.client.post("/login", data={"api_key": site.key, "next": "/"}, headers=FORM)
+        assert f"Max-Age={int(hours * 3600)};" in signed_in.headers["set-cookie"]
+        cookie = signed_in.cookies[COOKIE]
+        site.clock.advance(timedelta(hours=hours) + past)
+        assert await _status_with(site, cookie) == status

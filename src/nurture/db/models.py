@@ -263,7 +263,9 @@ class SchedulerLease(Base):
 
 
 class CatalogState(Base):
-    """Small key/value facts about the loaded catalog (e.g. the hash the leads were last checked against)."""
+    """Small key/value facts: about the loaded catalog (the hash the leads were last checked against), the
+    round-robin counter, and, each until it would have expired, the used login links and the sessions signed
+    out of (`queries.apikeys`; a key is at most 50 characters)."""
 
     __tablename__ = "catalog_state"
 

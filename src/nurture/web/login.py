@@ -31,7 +31,6 @@ from nurture.web.auth import authenticate
 from nurture.web.hosts import is_foreign_origin
 from nurture.web.http import BodyError, read_form
 from nurture.web.sessions import (
-    SESSION_TTL,
     SessionCookie,
     key_of_session,
     local_path,
@@ -83,12 +82,13 @@ class RepAuth:
 
     def signed_in(self, api_key: StoredApiKey, next_path: str) -> Response:
         """A 303 to `next_path` that sets the session cookie for `api_key`."""
-        token = start_session(api_key, key=self._runtime.mailer.secret_key, now=self._runtime.clock.now())
+        rt, ttl = self._runtime, self._runtime.settings.session_ttl
+        token = start_session(api_key, key=rt.mailer.secret_key, now=rt.clock.now(), ttl=ttl)
         response = RedirectResponse(next_path, status_code=303)
         response.set_cookie(
             self.cookie.name,
             token,
-            max_age=int(SESSION_TTL.total_seconds()),
+            max_age=int(ttl.total_seconds()),
             path="/",
             secure=self.cookie.secure,
             httponly=True,

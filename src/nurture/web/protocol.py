@@ -10,7 +10,15 @@ grows until memory runs out, and a client that sends a byte now and then keeps i
 - a request's line and headers must all arrive within `header_timeout_s` of its first byte (of the
   connection, for its first request), else 408. Between requests uvicorn's keep-alive timeout applies.
 
-Each refusal is one short plain-text answer with `Connection: close`, and the connection is closed.
+Each refusal is one short plain-text answer with `Connection: close`, and the connection is closed. A
+refusal raised in a parser callback (414, 431 by header) passes through uvicorn's parser-error path, which
+logs its one "Invalid HTTP request received." warning; the byte cap and the 408 log nothing.
+
+What this leans on: `on_message_begin`, `on_url`, `on_header`, `on_headers_complete` and
+`on_message_complete` are httptools' parser callbacks (its API, not uvicorn's); from uvicorn it takes
+`STATUS_LINE`, `self.url`, `self.loop`, `self.transport` and `send_400_response`, all present from uvicorn
+0.30 (the floor in pyproject.toml) on. A uvicorn that renamed one fails closed (an import error, or every
+request refused, as tests/attacks/test_server_limits.py would show), never open.
 """
 
 from __future__ import annotations

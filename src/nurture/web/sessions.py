@@ -1,10 +1,11 @@
 """Reps' sessions in a browser: a signed cookie, started with an API key or a one-time login link.
 
 A session is a signed token (`core.tracking` kind "s") that names the API key the rep signed in with, a
-random session id, and when it expires, SESSION_TTL on; nothing is stored when it starts. Every request
-verifies the token, looks the key up again and asks whether the session was signed out of, so revoking the
-key (`nurture apikey revoke`) ends every session started with it, and `POST /logout` ends its own session on
-every web process at once (the ended id is kept in the database until the session would have expired).
+random session id, and when it expires (NURTURE_SESSION_HOURS on, 12 by default); nothing is stored when it
+starts. Every request verifies the token and asks, in one query, whether its key is still active and the
+session was not signed out of, so revoking the key (`nurture apikey revoke`) ends every session started
+with it, and `POST /logout` ends its own session on every web process at once (the ended id is kept in the
+database until the session would have expired).
 
 A login link (`nurture login-link`, kind "l") starts a session without typing the key, for a rep reading an
 alert on a phone: it names a key, expires within minutes, and works once (its nonce is claimed in the
@@ -26,12 +27,11 @@ from nurture.db.queries.apikeys import (
     claim_login_link,
     end_session,
     fetch_active_api_key_by_id,
-    session_ended,
+    fetch_session_key,
 )
 from nurture.errors import TrackingTokenError
 from nurture.web.auth import find_active_key
 
-SESSION_TTL: Final = timedelta(hours=12)
 LOGIN_LINK_TTL: Final = timedelta(minutes=15)
 LOGIN_LINK_MAX_TTL: Final = timedelta(hours=24)
 HOME: Final = "/"
@@ -63,11 +63,9 @@ class IssuedLoginLink:
     expires_at: datetime
 
 
-def start_session(api_key: StoredApiKey, *, key: bytes, now: datetime) -> str:
-    """Return the session cookie value for a rep who signed in with `api_key`."""
-    return session_token(
-        api_key.id, expires_at=now + SESSION_TTL, session_id=secrets.token_urlsafe(16), key=key
-    )
+def start_session(api_key: StoredApiKey, *, key: bytes, now: datetime, ttl: timedelta) -> str:
+    """Return the session cookie value for a rep who signed in with `api_key`, valid for `ttl`."""
+    return session_token(api_key.id, expires_at=now + ttl, session_id=secrets.token_urlsafe(16), key=key)
 
 
 async def key_of_session(db: Database, token: str, *, key: bytes, now: datetime) -> StoredApiKey | None:
@@ -78,9 +76,7 @@ async def key_of_session(db: Database, token: str, *, key: bytes, now: datetime)
     except TrackingTokenError:
         return None
     async with db.transaction() as conn:
-        if await session_ended(conn, session.nonce):
-            return None
-        return await fetch_active_api_key_by_id(conn, session.api_key_id)
+        return await fetch_session_key(conn, session.api_key_id, session.nonce)
 
 
 async def sign_out(db: Database, token: str, *, key: bytes, now: datetime) -> None:

@@ -108,15 +108,18 @@ async def end_session(conn: AsyncConnection, session_id: str, *, expires_at: dat
     """Record the session `session_id` (which would expire at `expires_at`) as ended; ended before is fine.
 
     Sessions that have expired by `now` are forgotten on the way: their cookies are refused before
-    `session_ended` is asked.
+    `fetch_session_key` asks.
     """
     await _claim_until(conn, _ENDED_SESSION, session_id, expires_at=expires_at, now=now)
 
 
-async def session_ended(conn: AsyncConnection, session_id: str) -> bool:
-    """Whether the session `session_id` was signed out of."""
-    stmt = select(catalog_state.c.key).where(catalog_state.c.key == _ENDED_SESSION + session_id)
-    return (await conn.execute(stmt)).first() is not None
+async def fetch_session_key(conn: AsyncConnection, key_id: int, session_id: str) -> StoredApiKey | None:
+    """The unrevoked key with this id, unless the session `session_id` was signed out of; else None. One
+    query: every request that carries a session cookie asks it."""
+    ended = select(catalog_state.c.key).where(catalog_state.c.key == _ENDED_SESSION + session_id).exists()
+    stmt = select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None), ~ended)
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else StoredApiKey(**row._mapping)
 
 
 async def _claim_until(
