@@ -1,4 +1,4 @@
-"""Shared fixtures: `db` runs every test that takes it on SQLite and on PostgreSQL."""
+"""Shared fixtures: `db` runs every test that takes it on SQLite and on PostgreSQL; `cli` runs `nurture`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from nurture.db.engine import Database
 from tests import services
+from tests.harness.cli import Cli
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,9 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         await services.truncate_all(database)
     yield database
     await database.aclose()
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """`nurture` run in tmp_path on its own embedded database (tests/harness/cli.py)."""
+    return Cli.in_folder(tmp_path, COLUMNS="80")  # a reason rich wrapped at 80 columns is no longer one line

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from typing import Any, Literal, NoReturn
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.harness.ports import free_port
 
 Command = Literal["MAIL", "RCPT", "DATA"]
 
@@ -52,13 +53,6 @@ class _Script:
     reply: str | None  # None: close the connection without a reply
     times: int
     stall_s: float = 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Handler:
@@ -159,7 +153,7 @@ class SmtpSink:
         self.credentials = credentials  # (user, password) the server accepts; None: no AUTH offered
         self.quits = 0  # QUIT commands answered
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.messages: list[ReceivedMessage] = []
         self.connections_opened = 0  # connections that said EHLO/HELO
         self.peak_connections = 0  # most connections open at one time

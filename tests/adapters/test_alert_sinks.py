@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -18,6 +17,7 @@ from nurture.alerts.email import alert_message_id
 from nurture.errors import AlertDeliveryError, ConfigError
 from nurture.ports import AlertMessage, TimelineEntry
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
+from tests.harness.ports import free_port
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
 
 CREATED = datetime(2026, 3, 2, 2, 5, tzinfo=UTC)
@@ -185,9 +185,7 @@ async def test_a_failing_notification_url_is_an_alert_delivery_error(receiver: _
 
 
 async def test_an_unreachable_notification_url_is_an_alert_delivery_error() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     with pytest.raises(AlertDeliveryError):
         await AppriseAlertSink([]).send(ALERT, notify_urls=[f"json://127.0.0.1:{port}/x"])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -22,6 +21,7 @@ from nurture.errors import (
 from nurture.ports import OutgoingEmail, RenderedEmail
 from nurture.transports import smtp as smtp_module
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
+from tests.harness.ports import free_port
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
 
 PASSWORD = "s3cr:t/p@ss w%rd"
@@ -46,13 +46,6 @@ def message(n: int = 1, *, to_address: str = "ann@lead.example") -> OutgoingEmai
 
 def make_transport(url: str, *, pool_size: int = 2, timeout_s: float = 5.0) -> SmtpTransport:
     return SmtpTransport(SmtpConfig.from_url(url, timeout_s=timeout_s, pool_size=pool_size))
-
-
-def unused_port() -> int:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port: int = unused.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -99,49 +92,36 @@ async def test_send_opens_at_most_pool_size_connections_under_concurrency(
 
 
 @pytest.mark.parametrize(
-    ("at", "reply", "error"),
+    ("at", "reply", "error", "deferral"),
     [
-        ("MAIL", "421 4.7.0 try later", TransientSendError),
-        ("RCPT", "421 4.7.0 try later", TransientSendError),
-        ("DATA", "421 4.7.0 try later", TransientSendError),
-        ("RCPT", "450 4.2.1 mailbox busy", TransientSendError),
-        ("DATA", "451 4.3.0 local error", TransientSendError),
-        ("RCPT", "550 5.1.1 no such user", PermanentSendError),
-        ("DATA", "552 5.3.4 message too big", PermanentSendError),
-        ("DATA", "554 5.7.1 rejected as spam", PermanentSendError),
-        ("MAIL", "553 5.1.8 sender rejected", PermanentSendError),
+        ("MAIL", "421 4.7.0 try later", TransientSendError, True),
+        ("RCPT", "421 4.7.0 try later", TransientSendError, True),
+        ("DATA", "421 4.7.0 try later", TransientSendError, True),
+        ("RCPT", "450 4.2.1 mailbox busy", TransientSendError, True),
+        ("DATA", "451 4.3.0 local error", TransientSendError, True),
+        ("RCPT", "452 4.2.2 mailbox full", TransientSendError, True),
+        ("MAIL", "454 4.7.0 TLS not available", TransientSendError, False),  # our session: retried only
+        ("RCPT", "550 5.1.1 no such user", PermanentSendError, False),
+        ("DATA", "552 5.3.4 message too big", PermanentSendError, False),
+        ("DATA", "554 5.7.1 rejected as spam", PermanentSendError, False),
+        ("MAIL", "553 5.1.8 sender rejected", PermanentSendError, False),
     ],
 )
-async def test_send_splits_refusals_into_transient_and_permanent(
-    smtp_sink: SmtpSink, transport: SmtpTransport, at: str, reply: str, error: type[SendError]
+async def test_a_refusal_is_transient_or_permanent_and_carries_its_smtp_code_and_whether_it_is_a_deferral(
+    smtp_sink: SmtpSink,
+    transport: SmtpTransport,
+    at: str,
+    reply: str,
+    error: type[SendError],
+    deferral: bool,
 ) -> None:
     smtp_sink.answer_next(reply, at=at)  # type: ignore[arg-type]
     with pytest.raises(error, match=reply[:3]) as raised:
         await transport.send(message())
     assert raised.type is error
     assert raised.value.__cause__ is not None  # the aiosmtplib error is chained
-    assert smtp_sink.messages == []
-
-
-@pytest.mark.parametrize(
-    ("at", "reply", "deferral"),
-    [
-        ("MAIL", "421 4.7.0 try later", True),
-        ("RCPT", "450 4.2.1 mailbox busy", True),
-        ("DATA", "451 4.3.0 local error", True),
-        ("RCPT", "452 4.2.2 mailbox full", True),
-        ("MAIL", "454 4.7.0 TLS not available", False),  # about our session with the relay: retried only
-        ("RCPT", "550 5.1.1 no such user", False),
-        ("DATA", "554 5.7.1 rejected as spam", False),
-    ],
-)
-async def test_a_refusal_carries_its_smtp_code_and_whether_it_is_a_deferral(
-    smtp_sink: SmtpSink, transport: SmtpTransport, at: str, reply: str, deferral: bool
-) -> None:
-    smtp_sink.answer_next(reply, at=at)  # type: ignore[arg-type]
-    with pytest.raises(SendError) as raised:
-        await transport.send(message())
     assert (raised.value.code, raised.value.deferral) == (int(reply[:3]), deferral)
+    assert smtp_sink.messages == []
 
 
 async def test_errors_without_a_reply_carry_no_code_and_only_an_unreachable_relay_is_a_deferral(
@@ -153,7 +133,7 @@ async def test_errors_without_a_reply_carry_no_code_and_only_an_unreachable_rela
     smtp_sink.drop_next_connection(at="DATA")
     with pytest.raises(SendOutcomeUnknownError) as after_data:
         await transport.send(message(2))
-    sender = make_transport(f"smtp://127.0.0.1:{unused_port()}")
+    sender = make_transport(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(TransientSendError) as unreachable:
         await sender.send(message(3))
     await sender.aclose()
@@ -227,7 +207,7 @@ async def test_send_replaces_a_pooled_connection_the_server_closed(
 
 
 async def test_send_reports_an_unreachable_relay_as_transient() -> None:
-    sender = make_transport(f"smtp://127.0.0.1:{unused_port()}")
+    sender = make_transport(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(TransientSendError, match="cannot reach"):
         await sender.send(message())
     await sender.aclose()

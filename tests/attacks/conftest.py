@@ -28,6 +28,7 @@ from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
 from nurture.web.auth import issue_api_key
 from nurture.web.server import WebAddress, build_server
+from tests.harness.ports import listening_socket
 from tests.project import PROJECT
 from tests.services import REDIS_URL, require_service
 
@@ -82,9 +83,7 @@ async def site_factory(tmp_path: Path) -> AsyncIterator[SiteFactory]:
     stack: list[tuple[Any, asyncio.Task[None], Runtime, socket.socket]] = []
 
     async def start(**extra: Any) -> Site:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
+        sock = listening_socket()
         base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = Settings.model_validate(
             {

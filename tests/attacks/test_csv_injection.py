@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nurture.db.queries.report import GroupBy
-from tests.attacks.cli import nurture
+from tests.harness.cli import Cli
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
@@ -87,7 +87,8 @@ def check_outputs(folder: Path, generated: list[str], owner_list: list[str]) -> 
     sources = list(dict.fromkeys([*OWASP_PAYLOADS, *generated]))
     bad_emails = write_leads(folder / "leads.csv", sources, owner_list)
 
-    imported = nurture(folder, "leads", "import", "leads.csv", "--rejects", "rejects.csv")
+    cli = Cli.in_folder(folder)
+    imported = cli("leads", "import", "leads.csv", "--rejects", "rejects.csv")
     assert imported.returncode == 0, imported.stderr
     rejects = cells((folder / "rejects.csv").read_text(encoding="utf-8"))
     assert_no_formula(rejects)
@@ -100,7 +101,7 @@ def check_outputs(folder: Path, generated: list[str], owner_list: list[str]) -> 
 
     keys: dict[GroupBy, set[str]] = {}
     for by in GroupBy:
-        report = nurture(folder, "report", "--format", "csv", "--by", str(by))
+        report = cli("report", "--format", "csv", "--by", str(by))
         assert report.returncode == 0, report.stderr
         rows = cells(report.stdout)
         assert_no_formula(rows)

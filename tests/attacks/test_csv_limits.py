@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nurture.csv_input import CsvLimits, CsvRow, CsvRowError, open_csv
-from tests.attacks.cli import nurture
+from tests.harness.cli import Cli
 
 GOOD_ROWS = 3000
 MIDDLE = GOOD_ROWS // 2  # the bad record comes after this many good rows
@@ -69,7 +69,9 @@ def test_an_oversized_record_among_thousands_is_one_row_error_and_every_good_row
     bad, reason, lines = OVERSIZED[shape]
     write_with_bad_record_in_the_middle(tmp_path / "leads.csv", HEADER, bad)
 
-    result = nurture(tmp_path, "leads", "import", "leads.csv", "--rejects", "rejects.csv", "--format", "json")
+    result = Cli.in_folder(tmp_path)(
+        "leads", "import", "leads.csv", "--rejects", "rejects.csv", "--format", "json"
+    )
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -80,7 +82,7 @@ def test_an_oversized_record_among_thousands_is_one_row_error_and_every_good_row
     assert report["rejected"][0]["reason"].startswith(f"line {MIDDLE + 2}: {reason}")
     with (tmp_path / "rejects.csv").open(newline="", encoding="utf-8") as handle:
         assert [int(r["row"]) for r in csv.DictReader(handle)] == bad_rows
-    every = json.loads(nurture(tmp_path, "report", "--format", "json").stdout)
+    every = json.loads(Cli.in_folder(tmp_path)("report", "--format", "json").stdout)
     assert every["funnel"][0]["leads"] == GOOD_ROWS
 
 
@@ -103,7 +105,7 @@ def test_the_field_and_row_limits_at_limit_minus_one_limit_and_limit_plus_one(tm
     assert [len(line) for line in lines[4:]] == [99, 100, 101]
     (tmp_path / "leads.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())  # CR LF is not counted
 
-    result = nurture(tmp_path, "leads", "import", "leads.csv", "--format", "json", **LIMITS)
+    result = Cli.in_folder(tmp_path, **LIMITS)("leads", "import", "leads.csv", "--format", "json")
 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -121,7 +123,7 @@ def test_the_column_limit_at_limit_minus_one_limit_and_limit_plus_one(
     header = ["email", *(f"tag{i}" for i in range(1, columns))]
     (tmp_path / "leads.csv").write_text(",".join(header) + "\na@example.com" + ",v" * (columns - 1) + "\n")
 
-    result = nurture(tmp_path, "leads", "import", "leads.csv", NURTURE_CSV_MAX_COLUMNS="5")
+    result = Cli.in_folder(tmp_path, NURTURE_CSV_MAX_COLUMNS="5")("leads", "import", "leads.csv")
 
     if refused:
         assert result.returncode == 1
@@ -145,7 +147,7 @@ def test_a_huge_header_refuses_the_file_in_one_line(tmp_path: Path, columns: int
     header = ",".join(["email", *(f"c{i}" for i in range(1, columns))])
     (tmp_path / "leads.csv").write_text(header + "\na@example.com" + "," * (columns - 1) + "\n")
 
-    result = nurture(tmp_path, "leads", "import", "leads.csv")
+    result = Cli.in_folder(tmp_path)("leads", "import", "leads.csv")
 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: leads.csv:1: {reason}; nothing imported"]

@@ -8,10 +8,7 @@ The limits themselves are checked at limit - 1, limit and limit + 1, by a table 
 
 from __future__ import annotations
 
-import os
 import resource
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +35,7 @@ from nurture.sandbox import (
 )
 from tests.fakes import RecordingTransport
 from tests.flows.conftest import mailer_for
+from tests.harness.cli import Cli
 from tests.project import project_copy
 
 LIMIT = MAX_VALUE_CHARS
@@ -107,22 +105,12 @@ def _cap_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
 
 
-def test_every_hostile_template_is_one_unsafe_line_from_validate_in_a_small_process(tmp_path: Path) -> None:
+def test_every_hostile_template_is_one_unsafe_line_from_validate_in_a_small_process(
+    tmp_path: Path, cli: Cli
+) -> None:
     root = _hostile_project(tmp_path, HOSTILE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env["NURTURE_DATA_DIR"] = str(tmp_path / "var")
-    nurture = Path(sys.executable).with_name("nurture")
-
     started = time.monotonic()
-    result = subprocess.run(
-        [str(nurture), "validate", str(root / "campaigns")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        preexec_fn=_cap_address_space,
-    )
+    result = cli("validate", root / "campaigns", preexec_fn=_cap_address_space)
     elapsed = time.monotonic() - started
 
     output = result.stdout + result.stderr

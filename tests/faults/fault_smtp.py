@@ -27,7 +27,7 @@ from typing import Literal
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.smtp_sink import _free_port
+from tests.harness.ports import free_port
 
 AfterData = Literal["reply", "stall", "drop"]
 
@@ -67,7 +67,7 @@ class FaultSmtpServer:
 
     def __init__(self, *, default_delay_s: float = 0.0) -> None:
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.default_delay_s = default_delay_s
         self.accepted: list[Accepted] = []
         self.attempts: list[Attempt] = []  # every DATA, kept or not

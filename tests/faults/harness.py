@@ -24,9 +24,8 @@ from sqlalchemy import text
 
 from nurture.clock import FileClock
 from nurture.db.engine import Database
-from tests.project import PROJECT
+from tests.harness.cli import nurture_env
 
-ROOT = PROJECT  # the tests' own project files (tests/project.py)
 SECRET = "fault-suite-secret-key-0123456789"
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every window used here
 FINAL = ("sent", "failed", "bounced", "skipped", "cancelled", "unknown")
@@ -200,8 +199,8 @@ class Harness:
         campaigns_dir, templates_dir = write_catalog(workdir, campaigns)
         clock_file = workdir / "clock"
         FileClock.write(clock_file, START)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-        env.update(
+        env = nurture_env(  # the project's reps and scoring, this run's own campaigns and templates
+            workdir / "var",
             NURTURE_DATABASE_URL=database_url,
             NURTURE_REDIS_URL=redis_url,
             NURTURE_SMTP_URL=smtp_url,
@@ -209,9 +208,6 @@ class Harness:
             NURTURE_CLOCK_FILE=str(clock_file),
             NURTURE_CAMPAIGNS_DIR=str(campaigns_dir),
             NURTURE_TEMPLATES_DIR=str(templates_dir),
-            NURTURE_REPS_FILE=str(ROOT / "reps.yaml"),
-            NURTURE_SCORING_FILE=str(ROOT / "scoring.yaml"),
-            NURTURE_DATA_DIR=str(workdir / "var"),
             NURTURE_LOG_LEVEL="INFO",
             NURTURE_TICK_INTERVAL_S="0.2",
             NURTURE_CLAIM_LEASE_S="120",

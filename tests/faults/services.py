@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.smtp_sink import _free_port
+from tests.harness.ports import free_port
 
 
 class PrivateRedis:
@@ -25,7 +25,7 @@ class PrivateRedis:
             pytest.skip("redis-server is not installed")
         self._binary = binary
         self._workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +79,7 @@ class TcpProxy:
     `restore()`: to its clients the server behind it is down."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._target = (target_host, target_port)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tcp-proxy")

@@ -20,7 +20,7 @@ from nurture.core.engagement_script import EngagementScript, parse_script
 from nurture.core.feedback import delivery_id_of
 from nurture.errors import ConfigErrors, HeaderInjectionError, NurtureError
 from nurture.flows.deliver import Mailer
-from nurture.flows.preview import PreviewLead, as_test_copy, preview_step, send_test
+from nurture.flows.preview import Preview, PreviewLead, as_test_copy, preview_step, send_test
 from nurture.flows.simulate import Simulation, sample_lead_row, simulate
 from nurture.transports.outbox import OutboxTransport
 from nurture.transports.smtp import SmtpConfig, SmtpTransport
@@ -64,6 +64,15 @@ def mailer_for(catalog: Catalog, transport: object = None) -> Mailer:
         transport=transport or RecordingTransport(),  # type: ignore[arg-type]
         secret_key=b"test-secret-key-0123456789",
         base_url="https://track.example.com",
+    )
+
+
+def preview_hello(mailer: Mailer, *, lead_id: int = 0, sign_links: bool = True) -> Preview:
+    """The "mini" campaign's "hello" step as SAMPLE_LEAD would get it on a Friday evening in Taipei."""
+    campaign = mailer.catalog.campaigns["mini"]
+    lead = PreviewLead(lead_id, SAMPLE_LEAD)
+    return preview_step(
+        campaign, "hello", lead, mailer=mailer, now=FRIDAY_EVENING_TAIPEI, sign_links=sign_links
     )
 
 
@@ -150,10 +159,7 @@ async def test_two_simulations_at_once_do_not_see_each_other_and_agree(project: 
 def test_a_preview_is_the_email_as_sent_with_tracked_links_pixel_and_unsubscribe_headers(
     project: Catalog,
 ) -> None:
-    campaign = project.campaigns["mini"]
-    shown = preview_step(
-        campaign, "hello", PreviewLead(7, SAMPLE_LEAD), mailer=mailer_for(project), now=FRIDAY_EVENING_TAIPEI
-    )
+    shown = preview_hello(mailer_for(project), lead_id=7)
     assert shown.subject == "Hello Mei"
     assert "https://track.example.com/t/c/" in shown.html
     assert "https://acme.example/guide" not in shown.html
@@ -184,14 +190,7 @@ async def test_a_test_send_reaches_only_the_test_inbox_marked_as_a_test(
     transport = SmtpTransport(SmtpConfig.from_url(smtp_sink.url, timeout_s=5, pool_size=1))
     mailer = mailer_for(project, transport)
     try:
-        shown = preview_step(
-            project.campaigns["mini"],
-            "hello",
-            PreviewLead(7, SAMPLE_LEAD),
-            mailer=mailer,
-            now=FRIDAY_EVENING_TAIPEI,
-            sign_links=False,
-        )
+        shown = preview_hello(mailer, lead_id=7, sign_links=False)
         await send_test(shown, "qa@acme.example", mailer=mailer)
     finally:
         await transport.aclose()
@@ -209,14 +208,7 @@ async def test_two_test_sends_of_one_step_are_two_outbox_files_with_distinct_mes
     # Given the outbox transport of the embedded default
     outbox = tmp_path / "outbox"
     mailer = mailer_for(project, OutboxTransport(outbox))
-    shown = preview_step(
-        project.campaigns["mini"],
-        "hello",
-        PreviewLead(0, SAMPLE_LEAD),
-        mailer=mailer,
-        now=FRIDAY_EVENING_TAIPEI,
-        sign_links=False,
-    )
+    shown = preview_hello(mailer, sign_links=False)
     # When the same step is sent as a test twice
     receipts = [await send_test(shown, "qa@acme.example", mailer=mailer) for _ in range(2)]
     # Then there are two files, each under its own test Message-ID, neither a delivery's
@@ -236,13 +228,7 @@ async def test_two_test_sends_of_one_step_are_two_outbox_files_with_distinct_mes
 def test_a_test_copy_refuses_an_address_that_is_not_exactly_one_address(
     project: Catalog, address: str
 ) -> None:
-    shown = preview_step(
-        project.campaigns["mini"],
-        "hello",
-        PreviewLead(0, SAMPLE_LEAD),
-        mailer=mailer_for(project),
-        now=FRIDAY_EVENING_TAIPEI,
-    )
+    shown = preview_hello(mailer_for(project))
     with pytest.raises(HeaderInjectionError):
         as_test_copy(shown.message, address, nonce="0f1e2d3c")
 

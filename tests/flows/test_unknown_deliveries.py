@@ -12,7 +12,7 @@ from nurture.catalog import Catalog
 from nurture.db.engine import Database
 from nurture.db.queries.deliveries import start_sending
 from nurture.db.queries.tables import deliveries, touchpoints
-from nurture.errors import NurtureError, SendOutcomeUnknownError
+from nurture.errors import NurtureError, SendOutcomeUnknownError, TransientSendError
 from nurture.flows.deliver import Mailer, Outcome, deliver
 from nurture.flows.ingest import import_leads
 from nurture.flows.tick import dispatch, enroll
@@ -81,6 +81,29 @@ async def test_a_worker_that_died_mid_send_is_listed_with_that_reason(db: Databa
     assert listed.server_said == "worker stopped during the SMTP conversation"
     [touch] = await _rows(db, select(touchpoints).where(touchpoints.c.kind == "email_unknown"))
     assert touch["detail"] == {"error": "worker stopped during the SMTP conversation"}
+
+
+async def test_a_worker_that_died_mid_send_after_an_earlier_try_keeps_what_that_try_heard(
+    db: Database, catalog: Catalog, mailer: Mailer, transport: RecordingTransport
+) -> None:
+    # Given a welcome whose first try was refused for now (retried), and whose worker dies in the second
+    await import_leads(db, [LEAD], now=MONDAY_TAIPEI_10)
+    await enroll(db, catalog, MONDAY_TAIPEI_10)
+    transport.fail_next(TransientSendError("SMTP 454: TLS not available", code=454, deferral=False))
+    assert await _send_all_due(db, mailer, MONDAY_TAIPEI_10) == [Outcome.RETRY]
+    retry = MONDAY_TAIPEI_10 + timedelta(hours=2)  # past any retry wait, still in the send window
+    [delivery_id] = (await dispatch(db, retry, lease=LEASE, limit=10, stale_after=STALE)).claimed
+    async with db.transaction() as conn:
+        assert await start_sending(conn, delivery_id, now=retry) is not None
+    # When the scheduler finds it stale
+    found = retry + LEASE + STALE
+    assert (await dispatch(db, found, lease=LEASE, limit=10, stale_after=STALE)).unknown == [delivery_id]
+    # Then the delivery and its touchpoint say why it is unknown, and what the earlier try heard
+    said = "worker stopped during the SMTP conversation (before: SMTP 454: TLS not available)"
+    [listed] = await list_unknown(db)
+    assert (listed.delivery_id, listed.server_said) == (delivery_id, said)
+    [touch] = await _rows(db, select(touchpoints).where(touchpoints.c.kind == "email_unknown"))
+    assert touch["detail"] == {"error": said}
 
 
 async def test_resolve_as_resend_sends_it_once_through_the_normal_dispatch_and_records_who_and_why(

@@ -1,8 +1,6 @@
 """The `nurture` command run as a real subprocess, as an operator or a cron job runs it (DESIGN.md §7).
 
-Each test gets its own working folder and data folder; the repository's campaigns, templates and reps file
-are passed through `NURTURE_*` as absolute paths, and every other `NURTURE_*` of the caller's environment is
-dropped.
+Each test gets its own working folder and data folder through the `cli` fixture (tests/harness/cli.py).
 """
 
 from __future__ import annotations
@@ -10,102 +8,27 @@ from __future__ import annotations
 import csv
 import email
 import json
-import os
 import re
-import shutil
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.project import PROJECT
+from tests.harness.cli import Cli, line_of, ok, one_line_error, problems, tick
+from tests.project import PROJECT, project_copy
 
 pytestmark = pytest.mark.integration
 
 REPO = PROJECT  # the tests' own project files (tests/project.py)
 LEADS_CSV = REPO / "examples" / "leads.csv"
 LEADS_WITH_ERRORS_CSV = REPO / "examples" / "leads-with-errors.csv"
-TIMEOUT_S = 60
 # Monday 2026-03-02 10:00 in Taipei: inside the send window of the Asian leads, outside the Americas'.
 MONDAY_TAIPEI_10 = "2026-03-02T02:00:00Z"
 WEDNESDAY_TAIPEI_10 = "2026-03-04T02:00:00Z"
 SECRET_KEY = "cli-test-secret-key-0123456789"
-FILE_LINE_MESSAGE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<message>\S.*)$")
-
-
-@dataclass(frozen=True)
-class Cli:
-    """Runs `python -m nurture` in `cwd` with `env`; `with_env` derives a variant (None removes a name)."""
-
-    cwd: Path
-    env: Mapping[str, str] = field(repr=False)
-
-    def __call__(self, *args: str | Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "nurture", *map(str, args)],
-            cwd=self.cwd,
-            env=dict(self.env),
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            timeout=timeout,
-            check=False,
-        )
-
-    def with_env(self, **changes: str | None) -> Cli:
-        env = dict(self.env)
-        for name, value in changes.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-        return Cli(self.cwd, env)
-
-    @property
-    def outbox(self) -> Path:
-        return self.cwd / "var" / "outbox"
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_") and k != "FORCE_COLOR"}
-    env.update(
-        NURTURE_CAMPAIGNS_DIR=str(REPO / "campaigns"),
-        NURTURE_TEMPLATES_DIR=str(REPO / "templates"),
-        NURTURE_REPS_FILE=str(REPO / "reps.yaml"),
-        NURTURE_DATA_DIR=str(tmp_path / "var"),
-        PYTHONIOENCODING="utf-8",
-        COLUMNS="80",  # a reason that rich wrapped at 80 columns would no longer be one line
-        NO_COLOR="1",
-    )
-    return Cli(tmp_path, env)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """Assert the command failed with exit status 1 and exactly one `error:` line on stderr; return it."""
-    assert result.returncode == 1, (
-        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line of reason, got:\n{result.stderr}"
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 def outbox_files(outbox: Path) -> dict[str, int]:
@@ -124,41 +47,11 @@ def step_ids_by_campaign() -> dict[str, set[str]]:
     return {c["id"]: {s["id"] for s in c["steps"]} for c in campaigns}
 
 
-def tick(cli: Cli, now: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(cli("tick", "--now", now, "--drain", "--format", "json")).stdout)
-    return data
-
-
-def copy_project(target: Path) -> Path:
-    target.mkdir()
-    shutil.copytree(REPO / "campaigns", target / "campaigns")
-    shutil.copytree(REPO / "templates", target / "templates")
-    shutil.copyfile(REPO / "reps.yaml", target / "reps.yaml")
-    return target
-
-
 def inject(path: Path, old: str, new: str) -> None:
     """Replace the one occurrence of `old` in `path` with `new`."""
     text = path.read_text(encoding="utf-8")
     assert text.count(old) == 1, f"{old!r} is not unique in {path}"
     path.write_text(text.replace(old, new), encoding="utf-8")
-
-
-def line_of(path: Path, needle: str) -> int:
-    """The 1-based number of the one line of `path` that contains `needle`."""
-    numbers = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line]
-    assert len(numbers) == 1, f"{needle!r} is on lines {numbers} of {path}"
-    return numbers[0]
-
-
-def problems(stderr: str) -> list[re.Match[str]]:
-    """The `file:line: message` lines of a failed `validate`, after asserting the stderr has nothing else."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines, "no problems reported"
-    assert re.fullmatch(r"error: \d+ problem\(s\) found", lines[-1]), lines[-1]
-    matches = [FILE_LINE_MESSAGE.match(line) for line in lines[:-1]]
-    assert all(matches), f"not every line is file:line: message:\n{stderr}"
-    return [m for m in matches if m is not None]
 
 
 # -- --help --------------------------------------------------------------------------------------------------
@@ -321,7 +214,7 @@ def test_validate_reports_every_problem_in_every_campaign_as_file_line_message_a
     cli: Cli, tmp_path: Path
 ) -> None:
     # Given a copy of the project with three problems in two campaigns
-    project = copy_project(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     saas = project / "campaigns" / "saas-nurture.yaml"
     webinar = project / "campaigns" / "webinar-followup.yaml"
     inject(saas, "\npriority: 10\n", "\npriority: 10\ncolour: blue\n")
@@ -351,7 +244,7 @@ def test_validate_reports_a_missing_template_even_when_its_campaign_has_other_er
     cli: Cli, tmp_path: Path
 ) -> None:
     # Given one campaign with an unknown key and a step whose template does not exist
-    project = copy_project(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     saas = project / "campaigns" / "saas-nurture.yaml"
     inject(saas, "\npriority: 10\n", "\npriority: 10\ncolour: blue\n")
     inject(saas, "saas-nurture/objections.html.j2", "saas-nurture/no-such-template.html.j2")
@@ -368,7 +261,7 @@ def test_validate_checks_the_given_folder_even_when_the_environment_names_absolu
     cli: Cli, tmp_path: Path
 ) -> None:
     # Given a broken copy of the project, and NURTURE_CAMPAIGNS_DIR etc. naming the repository's folders
-    project = copy_project(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     inject(project / "campaigns" / "saas-nurture.yaml", "\npriority: 10\n", "\npriority: 10\ncolour: blue\n")
     # When the copy is validated, then its problem is found rather than the repository's files passing
     result = cli("validate", project)

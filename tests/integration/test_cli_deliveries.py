@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 
 from nurture.clock import FileClock
-from tests.project import PROJECT
+from tests.harness.cli import Cli
 
 pytestmark = pytest.mark.integration
 
@@ -29,28 +27,10 @@ class Nurture:
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.clock = folder, folder / "now.txt"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-        self.env.update(
-            NURTURE_DATA_DIR=str(folder / "var"),
-            NURTURE_CAMPAIGNS_DIR=str(PROJECT / "campaigns"),
-            NURTURE_TEMPLATES_DIR=str(PROJECT / "templates"),
-            NURTURE_REPS_FILE=str(PROJECT / "reps.yaml"),
-            NURTURE_CLOCK_FILE=str(self.clock),
-            NURTURE_LOG_LEVEL="WARNING",
-            COLUMNS="200",
-            NO_COLOR="1",
-        )
+        self.cli = Cli.in_folder(folder, NURTURE_CLOCK_FILE=str(self.clock), NURTURE_LOG_LEVEL="WARNING")
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "nurture", *args],
-            cwd=self.folder,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return self.cli(*args, timeout=60)
 
     def ok(self, *args: str) -> Any:
         result = self(*args, "--format", "json")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,7 @@ import typer.main
 
 from nurture.cli import app
 from tests import services
+from tests.harness.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,13 +89,6 @@ def arguments(words: tuple[str, ...], port: int) -> list[str]:
         value = VALUES[param.name]
         args += [value] if param.param_type_name == "argument" else [param.opts[0], value]
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import Cli, cli, ok, one_line_error  # noqa: F401 (cli: the fixture)
+from tests.harness.cli import Cli, ok, one_line_error
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import email.policy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.ports import free_port
 from tests.project import PROJECT
 from tests.smtp_sink import SmtpSink, smtp_sink_fixture  # noqa: F401
 
@@ -267,13 +267,6 @@ def test_without_a_postal_address_preview_notes_it_and_test_send_refuses_in_one_
     assert "2 Side St" in body.get_content()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_run_on_another_port_without_a_base_url_sends_links_to_that_port(mini: Cli) -> None:
     # Given a lead in Taipei, a clock at Monday 10:00 there, and no NURTURE_BASE_URL
     (mini.cwd / "leads.csv").write_text(
@@ -281,7 +274,7 @@ def test_run_on_another_port_without_a_base_url_sends_links_to_that_port(mini: C
     )
     ok(mini("leads", "import", "leads.csv"))
     (mini.cwd / "now.txt").write_text("2026-03-02T02:00:00Z", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     outbox = mini.cwd / "var" / "outbox"
     # When `nurture run --port N` runs until the day-0 email is in the outbox
     env = mini.env | {"NURTURE_CLOCK_FILE": str(mini.cwd / "now.txt"), "NURTURE_TICK_INTERVAL_S": "1"}

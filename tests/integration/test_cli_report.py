@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness.cli import Cli
 from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
@@ -19,45 +17,31 @@ pytestmark = pytest.mark.integration
 ROOT = PROJECT  # the tests' own project files (tests/project.py)
 
 
-def _nurture(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env.update(NURTURE_DATA_DIR=str(tmp_path / "var"), NURTURE_LOG_LEVEL="WARNING")
-    return subprocess.run(
-        [sys.executable, "-m", "nurture", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_report_of_imported_leads_in_every_format(tmp_path: Path) -> None:
+def test_report_of_imported_leads_in_every_format(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "leads.csv").write_text(
         "email,stage,source\na@example.com,lead,webinar\nb@example.com,sql,webinar\nc@example.com,lead,\n"
     )
-    assert _nurture(tmp_path, "leads", "import", "leads.csv").returncode == 0
+    assert cli("leads", "import", "leads.csv").returncode == 0
 
-    table = _nurture(tmp_path, "report")
+    table = cli("report")
     assert table.returncode == 0, table.stderr
     assert "mql              1          33.3%" in table.stdout
     assert "webinar" in table.stdout
     assert "(none)" in table.stdout
 
-    data = json.loads(_nurture(tmp_path, "report", "--format", "json", "--by", "owner").stdout)
+    data = json.loads(cli("report", "--format", "json", "--by", "owner").stdout)
     assert [s["leads"] for s in data["funnel"]] == [3, 1, 1, 0, 0]
     assert data["groups"][0]["key"] == "(none)"
 
-    rows = list(csv.reader(io.StringIO(_nurture(tmp_path, "report", "--format", "csv").stdout)))
+    rows = list(csv.reader(io.StringIO(cli("report", "--format", "csv").stdout)))
     assert rows[0] == ["section", "key", "metric", "value"]
     assert ["funnel", "sql", "leads", "1"] in rows
 
-    later = json.loads(_nurture(tmp_path, "report", "--format", "json", "--since", "2999-01-01").stdout)
+    later = json.loads(cli("report", "--format", "json", "--since", "2999-01-01").stdout)
     assert later["funnel"][0]["leads"] == 0
 
 
-def test_report_refuses_a_since_that_is_not_a_date_with_one_clear_line(tmp_path: Path) -> None:
-    result = _nurture(tmp_path, "report", "--since", "last week")
+def test_report_refuses_a_since_that_is_not_a_date_with_one_clear_line(cli: Cli) -> None:
+    result = cli("report", "--since", "last week")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --since: 'last week' is not an ISO date (2026-03-01) or instant"

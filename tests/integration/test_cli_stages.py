@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import LEADS_CSV, Cli, cli, ok, one_line_error  # noqa: F401 (cli: fixture)
+from tests.harness.cli import Cli, ok, one_line_error
+from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
 
+LEADS_CSV = PROJECT / "examples" / "leads.csv"
 NOW = "2026-03-02T02:00:00+00:00"
 QUALIFIED = 5  # leads that engagement makes MQLs between the two imports
 

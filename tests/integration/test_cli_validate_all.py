@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import Cli, cli, line_of, ok, one_line_error, problems  # noqa: F401
+from tests.harness.cli import Cli, line_of, ok, one_line_error, problems
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def own_files(base: Cli) -> Cli:
 
 
 def test_one_validate_run_reports_yaml_and_template_errors_every_missing_opt_out_and_postal_address(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
     # Given a campaign with an unknown key and a broken template, one template lacking both its
@@ -101,7 +101,7 @@ def test_one_validate_run_reports_yaml_and_template_errors_every_missing_opt_out
 
 
 def test_a_campaign_without_a_postal_address_passes_when_nurture_postal_address_is_set(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
     root = project(
@@ -114,7 +114,7 @@ def test_a_campaign_without_a_postal_address_passes_when_nurture_postal_address_
 
 
 def test_validate_given_the_campaigns_folder_itself_reads_the_templates_beside_it(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
     # Given a project whose one campaign's template lacks its unsubscribe link
@@ -134,7 +134,7 @@ def test_validate_given_the_campaigns_folder_itself_reads_the_templates_beside_i
 
 
 def test_validate_of_a_folder_with_neither_campaigns_nor_a_campaigns_folder_says_what_it_expected(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
     root = project(tmp_path / "project", campaigns={}, templates={"good.html.j2": FOOTER})

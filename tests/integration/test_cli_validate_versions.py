@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import REPO, Cli, cli, copy_project, ok, tick  # noqa: F401
+from tests.harness.cli import Cli, ok, tick
+from tests.project import PROJECT, project_copy
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +17,7 @@ ROI_STEP = """\
 """
 
 
-def test_validate_without_a_database_says_in_one_line_that_it_cannot_warn(cli: Cli) -> None:  # noqa: F811
+def test_validate_without_a_database_says_in_one_line_that_it_cannot_warn(cli: Cli) -> None:
     result = ok(cli("validate"))
     assert result.stdout.splitlines()[1:] == [
         "note: no database, so what these changes do to enrolled leads cannot be told"
@@ -24,13 +25,13 @@ def test_validate_without_a_database_says_in_one_line_that_it_cannot_warn(cli: C
 
 
 def test_validate_warns_that_removing_a_step_skips_the_pending_deliveries_of_enrolled_leads(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
     # Given leads enrolled in the shipped campaigns (embedded database)
-    project = copy_project(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     live = cli.with_env(NURTURE_CAMPAIGNS_DIR=str(project / "campaigns"))
-    ok(live("leads", "import", REPO / "examples" / "leads.csv"))
+    ok(live("leads", "import", PROJECT / "examples" / "leads.csv"))
     enrolled = tick(live, "2026-03-02T02:00:00Z")
     assert enrolled
     assert ok(live("validate")).stdout.splitlines()[1:] == []  # nothing changed: nothing to say
@@ -55,10 +56,10 @@ def test_validate_warns_that_removing_a_step_skips_the_pending_deliveries_of_enr
 
 
 def test_validate_prints_a_line_number_that_looks_like_an_emoji_code_as_it_is(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
 ) -> None:
-    project = copy_project(tmp_path / "project")
+    project = project_copy(tmp_path / "project")
     path = project / "campaigns" / "saas-nurture.yaml"
     path.write_text("#\n" * 99 + "bogus: 1\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
     result = cli.with_env(NURTURE_CAMPAIGNS_DIR=str(project / "campaigns"))("validate")

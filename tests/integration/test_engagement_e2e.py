@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from nurture.service import open_service
 from nurture.settings import Settings
 from nurture.web.tracking import PIXEL_GIF
 from tests import services
+from tests.harness.ports import free_port
 from tests.integration.nurture_loop import wait_until_idle
 from tests.project import PROJECT
 from tests.smtp_sink import ReceivedMessage, SmtpSink, smtp_sink_fixture  # noqa: F401
@@ -90,13 +90,6 @@ class Deployment:
 
     def log_text(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text()}" for path in self.logs)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -154,7 +147,7 @@ def deployment(
     """`nurture worker` and `nurture web` on PostgreSQL and Redis, sharing a clock file set to START."""
     clock_file = tmp_path / "clock"
     FileClock.write(clock_file, START)
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     env.update(

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -41,6 +40,7 @@ from nurture.settings import Settings
 from nurture.web.auth import issue_api_key, revoke_key
 from nurture.web.server import WebAddress, build_server
 from nurture.web.sessions import issue_login_link
+from tests.harness.ports import listening_socket
 from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
@@ -99,9 +99,7 @@ async def serve(
     tmp_path: Path, *, base_url: str | None = None, clock: FrozenClock | None = None
 ) -> AsyncIterator[Web]:
     """The web on a loopback port; `base_url` is what it believes it is reached at (default: that port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
+    sock = listening_socket()
     host, port = sock.getsockname()
     local = f"http://{host}:{port}"
     settings = Settings.model_validate(

@@ -41,6 +41,8 @@ from nurture.runtime import Runtime, build_runtime
 from nurture.settings import Settings
 from nurture.web.app import create_app
 from nurture.web.server import WebAddress, build_server
+from tests.harness.cli import nurture_env
+from tests.harness.ports import free_port
 from tests.project import PROJECT
 from tests.services import REDIS_URL, require_service, truncate_all
 
@@ -53,12 +55,6 @@ TARGET = "https://acmeflow.example/tour/first-three-workflows?utm_source=email"
 HUMAN_UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0)"
 MACHINE_UA = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 LOAD_S = float(os.environ.get("NURTURE_TRACKING_LOAD_S", "20"))  # set it higher for a longer soak
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _settings(tmp_path: Path, base_url: str, **extra: Any) -> Settings:
@@ -114,7 +110,7 @@ async def _web(runtime: Runtime, port: int) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def sqlite_web(tmp_path: Path) -> AsyncIterator[tuple[Runtime, int, list[tuple[int, int]]]]:
-    port = _free_port()
+    port = free_port()
     runtime = build_runtime(_settings(tmp_path, f"http://127.0.0.1:{port}"), clock=FrozenClock(NOW))
     try:
         await upgrade(runtime.db)
@@ -145,7 +141,7 @@ async def test_the_fast_path_answers_exactly_as_the_app_does(
 
 async def test_with_redis_an_event_is_a_stream_entry_until_the_consumer_stores_it(tmp_path: Path) -> None:
     require_service(REDIS_URL, "Redis")
-    port = _free_port()
+    port = free_port()
     settings = _settings(tmp_path, f"http://127.0.0.1:{port}", redis_url=REDIS_URL)
     runtime = build_runtime(settings, clock=FrozenClock(NOW))
     client = redis.Redis.from_url(REDIS_URL)
@@ -179,8 +175,8 @@ async def test_with_redis_an_event_is_a_stream_entry_until_the_consumer_stores_i
 
 
 async def test_with_redis_down_the_web_still_records_every_event_in_the_database(tmp_path: Path) -> None:
-    port = _free_port()
-    dead_redis = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    port = free_port()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     runtime = build_runtime(
         _settings(tmp_path, f"http://127.0.0.1:{port}", redis_url=dead_redis), clock=FrozenClock(NOW)
     )
@@ -279,7 +275,7 @@ async def test_sustained_pixel_and_click_load_loses_nothing_and_machines_score_n
     require_service(REDIS_URL, "Redis")
     db = Database(pg_url)
     broker = redis.Redis.from_url(REDIS_URL)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = _settings(tmp_path, base)
     try:
@@ -296,17 +292,12 @@ async def test_sustained_pixel_and_click_load_loses_nothing_and_machines_score_n
             )
             click = click_url(base, lead_id=lead, delivery_id=delivery, url=TARGET, key=key)[len(base) :]
             requests.append((click, agent, 307))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-        env.update(
+        env = nurture_env(
+            tmp_path / "var",
             NURTURE_DATABASE_URL=pg_url,
             NURTURE_REDIS_URL=REDIS_URL,
             NURTURE_SECRET_KEY=SECRET,
             NURTURE_BASE_URL=base,
-            NURTURE_CAMPAIGNS_DIR=str(ROOT / "campaigns"),
-            NURTURE_TEMPLATES_DIR=str(ROOT / "templates"),
-            NURTURE_REPS_FILE=str(ROOT / "reps.yaml"),
-            NURTURE_SCORING_FILE=str(ROOT / "scoring.yaml"),
-            NURTURE_DATA_DIR=str(tmp_path / "var"),
             NURTURE_LOG_LEVEL="WARNING",
             NURTURE_EVENT_CLAIM_IDLE_S="2",
         )

@@ -12,7 +12,6 @@ import email
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +39,7 @@ from nurture.settings import Settings
 from nurture.web.app import create_app
 from nurture.web.server import WebAddress, build_server
 from nurture.web.tracking import PIXEL_GIF
+from tests.harness.ports import free_port, listening_socket
 from tests.project import PROJECT
 
 pytestmark = pytest.mark.integration
@@ -110,9 +110,7 @@ class Web:
 
 @asynccontextmanager
 async def _serving(runtime: Runtime, on_event: Callable[[int], None]) -> AsyncIterator[httpx.AsyncClient]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
+    sock = listening_socket()
     host, port = sock.getsockname()
     server = build_server(runtime, WebAddress(host, port), on_event=on_event)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -127,9 +125,7 @@ async def _serving(runtime: Runtime, on_event: Callable[[int], None]) -> AsyncIt
 
 @pytest.fixture
 async def web(tmp_path: Path) -> AsyncIterator[Web]:
-    with socket.socket() as probe:  # the base URL must be known before the runtime, which signs with it
-        probe.bind(("127.0.0.1", 0))
-        base_url = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    base_url = f"http://127.0.0.1:{free_port()}/"  # known before the runtime, which signs with it
     clock = FrozenClock(START)
     runtime = build_runtime(_settings(tmp_path, base_url=base_url), clock=clock)
     enqueued: list[int] = []

@@ -151,13 +151,23 @@ async def _decisions(
         for j in jobs
     ]
     decisions = await decide.decide_steps(conn, refs, mailer.catalog, now)
-    campaigns = mailer.catalog.campaigns
+    unaddressed = _unaddressed_campaigns({j.campaign_id for j in jobs}, mailer)
     for job in jobs:
-        campaign = campaigns.get(job.campaign_id)
-        unaddressed = campaign is not None and postal_address_of(campaign, mailer.postal_address) is None
-        if unaddressed and decisions.get(job.delivery_id, decide.SEND).action == "send":
+        if job.campaign_id in unaddressed and decisions.get(job.delivery_id, decide.SEND).action == "send":
             decisions[job.delivery_id] = decide.StepDecision("fail", reason=NO_POSTAL_ADDRESS)
     return decisions
+
+
+def _unaddressed_campaigns(campaign_ids: set[str], mailer: Mailer) -> set[str]:
+    """Of `campaign_ids`, those whose emails would show no postal address: asked once per campaign per
+    batch, not once per delivery."""
+    campaigns = mailer.catalog.campaigns
+    return {
+        cid
+        for cid in campaign_ids
+        if (campaign := campaigns.get(cid)) is not None
+        and postal_address_of(campaign, mailer.postal_address) is None
+    }
 
 
 async def _not_an_email(

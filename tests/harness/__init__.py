@@ -1,0 +1,1 @@
+"""What many test modules share: running the `nurture` command (`cli`), and loopback ports (`ports`)."""
